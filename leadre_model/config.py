@@ -1,0 +1,93 @@
+"""Configuration of the offline pipeline, in one place.
+
+Each stage has one pydantic model with defaults (TRL-style: one config object per
+trainer); `IndexConfig` bundles the index stages and is saved beside every index so a
+report can always say how it was made.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from leadre_model.index.text import DEFAULT_TEMPLATE, check_template
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # resolved to the packaged copy, see embed.py
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextConfig(_Config):
+    template: str = DEFAULT_TEMPLATE
+
+    @model_validator(mode="after")
+    def _valid(self) -> "TextConfig":
+        check_template(self.template)
+        return self
+
+
+class EmbedConfig(_Config):
+    model: str = Field(
+        default=DEFAULT_ENCODER,
+        description="'all-MiniLM-L6-v2' (packaged, offline) or a local sentence-transformers path",
+    )
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    normalize: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto = bf16 autocast where the CPU has native bf16 (≈2× faster, cosine "
+        "to fp32 > 0.9999), else fp32",
+    )
+
+
+class RQVAEConfig(_Config):
+    """RQ-VAE of §3.2 (eq. 2-6). Paper defaults: M=4 levels, K=1024 codes, d=8."""
+
+    levels: int = Field(default=4, ge=1, le=8)
+    codebook_size: int = Field(default=1024, ge=2, le=65_536)
+    code_dim: int = Field(default=8, ge=1, le=512)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128])
+    beta: float = Field(default=0.25, ge=0, description="commitment weight β_quant of eq. 6")
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    kmeans_iters: int = Field(default=20, ge=0, description="0 disables k-means initialisation")
+    dead_code_threshold: int = Field(
+        default=1, ge=0, description="codes used fewer times per epoch are re-seeded (0: never)"
+    )
+    balance_last_level: bool = Field(
+        default=True,
+        description="Sinkhorn-balanced assignment at the last level to spread colliding ads",
+    )
+    seed: int = 0
+
+
+class IndexConfig(_Config):
+    text: TextConfig = Field(default_factory=TextConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
+
+
+# Codebooks much larger than the catalog leave most codes unused by construction; these
+# presets keep ~1-10 ads per last-level code for small catalogs (the paper's K=1024 is
+# sized for millions of ads).
+PRESETS: dict[str, RQVAEConfig] = {
+    "tiny": RQVAEConfig(levels=3, codebook_size=16, code_dim=8, hidden_dims=[256, 64], epochs=150),
+    "small": RQVAEConfig(levels=3, codebook_size=64, code_dim=8, hidden_dims=[256, 128], epochs=150),
+    "medium": RQVAEConfig(levels=4, codebook_size=256, code_dim=8, epochs=100),
+    "paper": RQVAEConfig(levels=4, codebook_size=1024, code_dim=8, epochs=100),
+}
+
+
+def preset_for(n_ads: int) -> str:
+    if n_ads <= 3_000:
+        return "tiny"
+    if n_ads <= 30_000:
+        return "small"
+    if n_ads <= 300_000:
+        return "medium"
+    return "paper"

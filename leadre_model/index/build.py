@@ -1,0 +1,145 @@
+"""Index build and incremental add: ads → text → embedding → RQ-VAE → S-IDs → trie."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leadre_model.config import IndexConfig
+from leadre_model.data.records import Ad, AdStatus
+from leadre_model.index.embed import TextEmbedder
+from leadre_model.index.rqvae import RQVAE, train_rqvae
+from leadre_model.index.sid_index import (
+    SidIndex,
+    load_embeddings,
+    load_index,
+    load_rqvae,
+    load_trie,
+    save_index,
+)
+from leadre_model.index.text import ad_text
+from leadre_model.index.sids import (
+    add_disambiguation,
+    balance_last_level,
+    codebook_usage,
+    collision_stats,
+)
+
+
+def _assign(
+    model: RQVAE, emb: np.ndarray, balance: bool, frozen_codes: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """M-level codes for ``emb``; with ``frozen_codes`` the first rows keep theirs."""
+    codes, last_res = model.encode_codes(emb)
+    stats = {"before_balance": collision_stats(codes)}
+    if frozen_codes is not None:
+        codes[: len(frozen_codes)] = frozen_codes
+    if balance:
+        frozen = np.zeros(len(codes), dtype=bool)
+        if frozen_codes is not None:
+            frozen[: len(frozen_codes)] = True
+        last_cb = model.quantizer.codebooks.detach()[-1].numpy()
+        codes = balance_last_level(codes, last_res, last_cb, frozen)
+    stats["after_balance"] = collision_stats(codes)
+    return codes, stats
+
+
+def build_index(
+    ads: Sequence[Ad],
+    out: Path,
+    cfg: IndexConfig,
+    cache_path: Path | None = None,
+    progress: bool = True,
+) -> SidIndex:
+    if len(ads) < 2:
+        raise ValueError("the catalog needs at least 2 ads to build an index")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    embedder = TextEmbedder(cfg.embed, cache_path)
+    emb = embedder.embed([_text(a, cfg) for a in ads], progress=progress)
+    timings["embed_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model, log = train_rqvae(emb, cfg.rqvae, progress=progress)
+    timings["rqvae_train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    codes_m, assign_stats = _assign(model, emb, cfg.rqvae.balance_last_level)
+    codes = add_disambiguation(codes_m)
+    timings["assign_s"] = time.perf_counter() - t0
+
+    index = SidIndex(
+        ad_ids=[a.ad_id for a in ads],
+        codes=codes,
+        active=np.array([a.status is AdStatus.ACTIVE for a in ads]),
+        config=cfg,
+    )
+    t0 = time.perf_counter()
+    trie = index.build_trie()
+    timings["trie_s"] = time.perf_counter() - t0
+    index.stats = {
+        "collisions": assign_stats,
+        "codebook_usage": codebook_usage(codes_m, cfg.rqvae.codebook_size),
+        "max_disambiguation_code": int(codes[:, -1].max()),
+        "embedded": embedder.encoded,
+        "cached": len(ads) - embedder.encoded,
+        "timings": timings,
+        "train_log": asdict(log),
+    }
+    save_index(out, index, model, emb, trie)
+    return index
+
+
+def _text(ad: Ad, cfg: IndexConfig) -> str:
+    return ad_text(ad, cfg.text.template)
+
+
+def add_ads(
+    index_dir: Path, new_ads: Sequence[Ad], cache_path: Path | None = None, progress: bool = True
+) -> tuple[SidIndex, list[str]]:
+    """Give S-IDs to ads not yet in the index with the trained RQ-VAE (no retraining).
+
+    Existing ads keep their S-IDs; ads already indexed are skipped (their status is
+    updated, so a re-import can pause or resume them). Returns the index and the ids added.
+    """
+    index = load_index(index_dir)
+    model = load_rqvae(index_dir)
+    trie = load_trie(index_dir)
+    old_emb = load_embeddings(index_dir)
+    fresh = [a for a in new_ads if a.ad_id not in index._row_of]
+    for ad in new_ads:
+        if ad.ad_id in index._row_of:
+            row = index.row_of(ad.ad_id)
+            want = ad.status is AdStatus.ACTIVE
+            if index.active[row] != want:
+                index.active[row] = want
+                (trie.resume if want else trie.pause)(np.array([row]))
+    if fresh:
+        emb = TextEmbedder(index.config.embed, cache_path).embed(
+            [_text(a, index.config) for a in fresh], progress=progress
+        )
+        both = np.concatenate([old_emb, emb])
+        codes_m, _ = _assign(
+            model, both, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
+        )
+        new_codes = add_disambiguation(codes_m[len(index):], existing=index.codes)
+        rows = np.arange(len(index), len(index) + len(fresh), dtype=np.int64)
+        index = SidIndex(
+            ad_ids=index.ad_ids + [a.ad_id for a in fresh],
+            codes=np.concatenate([index.codes, new_codes]),
+            active=np.concatenate([index.active, [a.status is AdStatus.ACTIVE for a in fresh]]),
+            config=index.config,
+            stats={**index.stats, "added": index.stats.get("added", 0) + len(fresh)},
+        )
+        trie.add(new_codes, rows)
+        for row, ad in zip(rows, fresh):
+            if ad.status is not AdStatus.ACTIVE:
+                trie.pause(np.array([row]))
+        old_emb = both
+    save_index(index_dir, index, model, old_emb, trie)
+    return index, [a.ad_id for a in fresh]

@@ -1,0 +1,201 @@
+"""RQ-VAE of §3.2 (eq. 2-6): encoder → M residual quantisation levels → decoder.
+
+Written here rather than taken from vector-quantize-pytorch's ``ResidualVQ`` because the
+paper's objective is a plain gradient codebook loss ``||sg[r]-e||² + β||r-sg[e]||²`` per
+level (ResidualVQ defaults to EMA updates and changes defaults between releases), and the
+index needs things the library does not expose together: deterministic greedy
+assignment for new ads, k-means initialisation on the encoder's own residuals level by
+level, dead-code re-seeding from live residuals, and a collision-aware last level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from leadre_model.config import RQVAEConfig
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def sq_dist(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, d) × (K, d) → (B, K) squared euclidean distances."""
+    return (x * x).sum(1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(1)[None]
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means with random-sample seeding; empty clusters get a random point."""
+    n = x.shape[0]
+    idx = torch.randperm(n, generator=generator)[:k]
+    if n < k:  # fewer points than codes: pad with jittered copies
+        extra = torch.randint(0, n, (k - n,), generator=generator)
+        idx = torch.cat([idx, extra])
+    centers = x[idx].clone()
+    if n < k:
+        centers[n:] += 1e-3 * torch.randn(centers[n:].shape, generator=generator)
+    for _ in range(iters):
+        assign = sq_dist(x, centers).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centers = torch.where(empty[:, None], centers, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            centers[empty] = x[torch.randint(0, n, (int(empty.sum()),), generator=generator)]
+    return centers
+
+
+class ResidualQuantizer(nn.Module):
+    def __init__(self, levels: int, codebook_size: int, dim: int, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+        self.codebooks = nn.Parameter(torch.randn(levels, codebook_size, dim) * 0.1)
+
+    @property
+    def levels(self) -> int:
+        return self.codebooks.shape[0]
+
+    def residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy eq. 2-3 without gradients: codes (B, M) and residual inputs (M, B, d)."""
+        codes, res = [], []
+        r = z
+        for level in range(self.levels):
+            cb = self.codebooks[level]
+            c = sq_dist(r, cb).argmin(1)
+            codes.append(c)
+            res.append(r)
+            r = r - cb[c]
+        return torch.stack(codes, 1), torch.stack(res, 0)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return straight-through quantised z (eq. 4), codes (B, M) and L_quant (eq. 6)."""
+        r = z
+        quant = torch.zeros_like(z)
+        loss = z.new_zeros(())
+        codes = []
+        for level in range(self.levels):
+            cb = self.codebooks[level]
+            c = sq_dist(r.detach(), cb).argmin(1)
+            e = cb[c]
+            loss = loss + ((r.detach() - e) ** 2).sum(1).mean()
+            loss = loss + self.beta * ((r - e.detach()) ** 2).sum(1).mean()
+            quant = quant + e
+            r = r - e.detach()
+            codes.append(c)
+        z_q = z + (quant - z).detach()
+        return z_q, torch.stack(codes, 1), loss
+
+
+class RQVAE(nn.Module):
+    def __init__(self, input_dim: int, cfg: RQVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_dim = input_dim
+        self.encoder = _mlp([input_dim, *cfg.hidden_dims, cfg.code_dim])
+        self.decoder = _mlp([cfg.code_dim, *reversed(cfg.hidden_dims), input_dim])
+        self.quantizer = ResidualQuantizer(cfg.levels, cfg.codebook_size, cfg.code_dim, cfg.beta)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_q, codes, l_quant = self.quantizer(self.encoder(x))
+        x_hat = self.decoder(z_q)
+        l_recon = ((x - x_hat) ** 2).sum(1).mean()  # eq. 5
+        return codes, l_recon, l_quant
+
+    @torch.no_grad()
+    def encode_codes(self, x: np.ndarray, batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (N, M) and the last level's residual inputs (N, d) for assignment."""
+        self.eval()
+        codes, last = [], []
+        for i in range(0, len(x), batch_size):
+            c, res = self.quantizer.residuals(self.encoder(torch.from_numpy(x[i : i + batch_size])))
+            codes.append(c.numpy())
+            last.append(res[-1].numpy())
+        return np.concatenate(codes).astype(np.int64), np.concatenate(last)
+
+
+@dataclass
+class TrainLog:
+    loss: list[float] = field(default_factory=list)
+    recon: list[float] = field(default_factory=list)
+    quant: list[float] = field(default_factory=list)
+    usage: list[list[float]] = field(default_factory=list)  # per epoch, per level
+    reseeded: int = 0
+
+
+@torch.no_grad()
+def _kmeans_init(model: RQVAE, x: torch.Tensor, gen: torch.Generator) -> None:
+    sample = x[torch.randperm(len(x), generator=gen)[: 65_536]]
+    r = model.encoder(sample)
+    for level in range(model.quantizer.levels):
+        centers = kmeans(r, model.cfg.codebook_size, model.cfg.kmeans_iters, gen)
+        model.quantizer.codebooks.data[level] = centers
+        r = r - centers[sq_dist(r, centers).argmin(1)]
+
+
+@torch.no_grad()
+def _reseed_dead_codes(
+    model: RQVAE, x: torch.Tensor, counts: torch.Tensor, gen: torch.Generator
+) -> int:
+    """Move codes used < threshold times onto residuals of random live points."""
+    dead = counts < model.cfg.dead_code_threshold
+    if not dead.any():
+        return 0
+    sample = x[torch.randperm(len(x), generator=gen)[: 16_384]]
+    _, res = model.quantizer.residuals(model.encoder(sample))
+    for level in range(model.quantizer.levels):
+        idx = dead[level].nonzero().flatten()
+        if len(idx):
+            pick = torch.randint(0, len(sample), (len(idx),), generator=gen)
+            model.quantizer.codebooks.data[level, idx] = res[level, pick]
+    return int(dead.sum())
+
+
+def train_rqvae(x: np.ndarray, cfg: RQVAEConfig, progress: bool = True) -> tuple[RQVAE, TrainLog]:
+    """Train on embeddings ``x`` (N, D) with the paper's loss; deterministic for a seed."""
+    if len(x) < 2:
+        raise ValueError("need at least 2 ads to train the RQ-VAE")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    model = RQVAE(data.shape[1], cfg)
+    if cfg.kmeans_iters:
+        _kmeans_init(model, data, gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    log = TrainLog()
+    bs = min(cfg.batch_size, len(data))
+    bar = tqdm(range(cfg.epochs), desc="RQ-VAE", disable=not progress, unit="epoch")
+    for epoch in bar:
+        model.train()
+        counts = torch.zeros(cfg.levels, cfg.codebook_size)
+        tot = rec = qua = 0.0
+        perm = torch.randperm(len(data), generator=gen)
+        steps = 0
+        for i in range(0, len(data), bs):
+            codes, l_recon, l_quant = model(data[perm[i : i + bs]])
+            loss = l_recon + l_quant
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for level in range(cfg.levels):
+                counts[level] += torch.bincount(codes[:, level], minlength=cfg.codebook_size)
+            tot, rec, qua, steps = tot + loss.item(), rec + l_recon.item(), qua + l_quant.item(), steps + 1
+        log.loss.append(tot / steps)
+        log.recon.append(rec / steps)
+        log.quant.append(qua / steps)
+        log.usage.append(((counts > 0).float().mean(1)).tolist())
+        # No re-seeding in the last epochs so the final codebooks settle.
+        if cfg.dead_code_threshold and epoch < cfg.epochs - max(1, cfg.epochs // 10):
+            log.reseeded += _reseed_dead_codes(model, data, counts, gen)
+        bar.set_postfix(loss=f"{log.loss[-1]:.4f}", usage=f"{np.mean(log.usage[-1]):.2f}")
+    model.eval()
+    return model, log

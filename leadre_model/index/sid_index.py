@@ -1,0 +1,172 @@
+"""The ad index on disk: S-IDs per ad, the RQ-VAE that made them, the trie.
+
+Layout of an index directory (written to a temp dir, then renamed into place)::
+
+    index.json         config, level sizes, digest, build stats, training log
+    sids.parquet       ad_id, row, code_0..code_M, sid, status
+    rqvae.safetensors  RQ-VAE weights (no pickle), with rqvae config in index.json
+    trie.npz           the compact trie (numpy arrays only)
+    embeddings.npy     float16 ad-text embeddings (report, ranking features)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.torch import load_file, save_file
+
+from leadre_model.config import IndexConfig
+from leadre_model.index.rqvae import RQVAE
+from leadre_model.index.sids import sid_tokens
+from leadre_model.index.trie import SidTrie
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SidIndex:
+    ad_ids: list[str]
+    codes: np.ndarray  # (N, M+1) int64, last column = disambiguation code
+    active: np.ndarray  # (N,) bool; paused ads stay indexed but are never generated
+    config: IndexConfig
+    stats: dict[str, Any] = field(default_factory=dict)
+    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row_of = {a: i for i, a in enumerate(self.ad_ids)}
+        if len(self._row_of) != len(self.ad_ids):
+            raise ValueError("duplicate ad ids in index")
+
+    def __len__(self) -> int:
+        return len(self.ad_ids)
+
+    @property
+    def level_sizes(self) -> list[int]:
+        k = self.config.rqvae.codebook_size
+        last = int(self.codes[:, -1].max()) + 1 if len(self.codes) else 1
+        return [k] * (self.codes.shape[1] - 1) + [last]
+
+    def row_of(self, ad_id: str) -> int:
+        try:
+            return self._row_of[ad_id]
+        except KeyError:
+            raise KeyError(f"ad {ad_id!r} is not in the index") from None
+
+    def sid(self, row: int) -> str:
+        return sid_tokens(self.codes[row])
+
+    def digest(self) -> str:
+        """Hash of (ad ids, S-IDs): a model trained on one index refuses any other."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.ad_ids).encode())
+        h.update(np.ascontiguousarray(self.codes, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def build_trie(self) -> SidTrie:
+        return SidTrie.build(self.codes, np.arange(len(self), dtype=np.int64), active=self.active)
+
+
+def save_index(
+    out: Path,
+    index: SidIndex,
+    model: RQVAE,
+    embeddings: np.ndarray,
+    trie: SidTrie | None = None,
+) -> None:
+    """Write every file into a fresh temp dir, then swap it in: readers never see a mix."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cols: dict[str, Any] = {"ad_id": index.ad_ids, "row": np.arange(len(index))}
+        for level in range(index.codes.shape[1]):
+            cols[f"code_{level}"] = index.codes[:, level]
+        cols["sid"] = [sid_tokens(c) for c in index.codes]
+        cols["status"] = np.where(index.active, "active", "paused")
+        pq.write_table(pa.table(cols), tmp / "sids.parquet", compression="zstd")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "rqvae.safetensors")
+        np.save(tmp / "embeddings.npy", embeddings.astype(np.float16), allow_pickle=False)
+        (trie or index.build_trie()).save(tmp / "trie.npz")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "num_ads": len(index),
+            "level_sizes": index.level_sizes,
+            "digest": index.digest(),
+            "input_dim": model.input_dim,
+            "config": index.config.model_dump(),
+            "stats": index.stats,
+        }
+        (tmp / "index.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    meta_path = Path(path) / "index.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: not an index directory (run `leadre index build`)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: index format {meta.get('format_version')} != {FORMAT_VERSION}")
+    return meta
+
+
+def load_index(path: Path) -> SidIndex:
+    meta = read_meta(path)
+    table = pq.read_table(Path(path) / "sids.parquet").to_pydict()
+    n_levels = len(meta["level_sizes"])
+    codes = np.stack([np.asarray(table[f"code_{lv}"], dtype=np.int64) for lv in range(n_levels)], 1)
+    return SidIndex(
+        ad_ids=list(table["ad_id"]),
+        codes=codes.reshape(-1, n_levels),
+        active=np.asarray(table["status"]) == "active",
+        config=IndexConfig.model_validate(meta["config"]),
+        stats=meta.get("stats", {}),
+    )
+
+
+def load_rqvae(path: Path) -> RQVAE:
+    meta = read_meta(path)
+    cfg = IndexConfig.model_validate(meta["config"]).rqvae
+    model = RQVAE(meta["input_dim"], cfg)
+    model.load_state_dict(load_file(Path(path) / "rqvae.safetensors"))
+    model.eval()
+    return model
+
+
+def load_embeddings(path: Path) -> np.ndarray:
+    return np.load(Path(path) / "embeddings.npy", allow_pickle=False).astype(np.float32)
+
+
+def load_trie(path: Path) -> SidTrie:
+    return SidTrie.load(Path(path) / "trie.npz")
+
+
+__all__ = [
+    "SidIndex",
+    "save_index",
+    "load_index",
+    "load_rqvae",
+    "load_embeddings",
+    "load_trie",
+    "read_meta",
+]
