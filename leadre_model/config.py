@@ -76,10 +76,14 @@ class IndexConfig(_Config):
 # presets keep ~1-10 ads per last-level code for small catalogs (the paper's K=1024 is
 # sized for millions of ads).
 PRESETS: dict[str, RQVAEConfig] = {
-    "tiny": RQVAEConfig(levels=3, codebook_size=16, code_dim=8, hidden_dims=[256, 64], epochs=150),
-    "small": RQVAEConfig(levels=3, codebook_size=64, code_dim=8, hidden_dims=[256, 128], epochs=150),
-    "medium": RQVAEConfig(levels=4, codebook_size=256, code_dim=8, epochs=100),
-    "paper": RQVAEConfig(levels=4, codebook_size=1024, code_dim=8, epochs=100),
+    "tiny": RQVAEConfig(
+        levels=3, codebook_size=16, hidden_dims=[256, 64], epochs=150, batch_size=256
+    ),
+    "small": RQVAEConfig(
+        levels=3, codebook_size=64, hidden_dims=[256, 128], epochs=100, batch_size=512
+    ),
+    "medium": RQVAEConfig(levels=4, codebook_size=256, epochs=40, batch_size=2048),
+    "paper": RQVAEConfig(levels=4, codebook_size=1024, epochs=20, batch_size=4096),
 }
 
 

@@ -86,6 +86,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
