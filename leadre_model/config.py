@@ -24,7 +24,7 @@ class TextConfig(_Config):
     template: str = DEFAULT_TEMPLATE
 
     @model_validator(mode="after")
-    def _valid(self) -> "TextConfig":
+    def _valid(self) -> TextConfig:
         check_template(self.template)
         return self
 
@@ -77,7 +77,7 @@ class IndexConfig(_Config):
 # sized for millions of ads).
 PRESETS: dict[str, RQVAEConfig] = {
     "tiny": RQVAEConfig(
-        levels=3, codebook_size=16, hidden_dims=[256, 64], epochs=150, batch_size=256
+        levels=3, codebook_size=32, hidden_dims=[256, 64], epochs=150, batch_size=256
     ),
     "small": RQVAEConfig(
         levels=3, codebook_size=64, hidden_dims=[256, 128], epochs=100, batch_size=512

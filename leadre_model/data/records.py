@@ -92,7 +92,7 @@ class Behavior(_Record):
     item_id: Id
 
     @model_validator(mode="after")
-    def _action_fits_domain(self) -> "Behavior":
+    def _action_fits_domain(self) -> Behavior:
         allowed = AD_ACTIONS if self.domain is Domain.AD else CONTENT_ACTIONS
         if self.action not in allowed:
             raise ValueError(f"action {self.action.value!r} is not valid in the {self.domain.value} domain")

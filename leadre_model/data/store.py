@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -105,7 +105,7 @@ class TableWriter:
         self._row_group_size = row_group_size
         self._writer: pq.ParquetWriter | None = None
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> Self:
         tmp = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
         return self
@@ -123,7 +123,7 @@ class TableWriter:
         rows = [r.model_dump(mode="json") for r in records]
         self.write_columns({name: [row[name] for row in rows] for name in self.schema.names})
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._writer is not None
         self._writer.close()
         self._ctx.__exit__(exc_type, exc, tb)

@@ -22,13 +22,13 @@ from leadre_model.index.sid_index import (
     load_trie,
     save_index,
 )
-from leadre_model.index.text import ad_text
 from leadre_model.index.sids import (
     add_disambiguation,
     balance_last_level,
     codebook_usage,
     collision_stats,
 )
+from leadre_model.index.text import ad_text
 
 
 def _assign(

@@ -57,9 +57,8 @@ class EmbeddingCache:
             return
         keys = np.array(list(self._vectors), dtype="S32")
         vectors = np.stack(list(self._vectors.values())).astype(np.float32)
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=keys, vectors=vectors)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=keys, vectors=vectors)
 
 
 class TextEmbedder:
@@ -69,7 +68,7 @@ class TextEmbedder:
         self._model = None
         self.encoded = 0  # texts actually run through the encoder (not served from cache)
 
-    def _encoder(self):  # noqa: ANN202 - sentence_transformers is imported lazily
+    def _encoder(self):
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

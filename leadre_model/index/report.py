@@ -11,11 +11,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from leadre_model.data.records import Ad  # noqa: E402
-from leadre_model.index.sid_index import load_embeddings, load_index, read_meta  # noqa: E402
+from leadre_model.data.records import Ad
+from leadre_model.index.sid_index import load_embeddings, load_index, read_meta
 
 PAPER_TABLE5 = [  # (levels, codebook size, collision rate, max collision, usage)
     (3, 1024, 0.0479, 44, 1.0),
@@ -129,27 +129,27 @@ def render_markdown(fig: dict[str, Any], meta: dict[str, Any], plots: list[str])
     lines = [
         "# LEADRE ad index report",
         "",
-        f"{fig['num_ads']:,} ads; RQ-VAE {fig['levels']} levels × {fig['codebook_size']} codes, "
+        (f"{fig['num_ads']:,} ads; RQ-VAE {fig['levels']} levels × {fig['codebook_size']} codes, "
         f"d={meta['config']['rqvae']['code_dim']}; encoder `{meta['config']['embed']['model']}`; "
-        f"index digest `{meta['digest'][:16]}`.",
+        f"index digest `{meta['digest'][:16]}`."),
         "",
         "## S-ID quality (Table 5)",
         "",
-        "Collision rate = 1 − unique M-level S-IDs ÷ ads (before the extra code). "
+        ("Collision rate = 1 − unique M-level S-IDs ÷ ads (before the extra code). "
         "'argmin' is the plain eq. 2 assignment the paper reports; 'balanced' additionally moves "
-        "colliding ads to free last-level codes of the same prefix (what the index uses).",
+        "colliding ads to free last-level codes of the same prefix (what the index uses)."),
         "",
         "| run | levels | size | collision rate | max collision | avg usage |",
         "|---|---|---|---|---|---|",
-        f"| this index (argmin) | {fig['levels']} | {fig['codebook_size']} | "
-        f"{fig['collision_rate_argmin']:.2%} | {fig['max_collision_argmin']} | {fig['avg_codebook_usage']:.3f} |",
-        f"| this index (balanced) | {fig['levels']} | {fig['codebook_size']} | "
+        (f"| this index (argmin) | {fig['levels']} | {fig['codebook_size']} | "
+        f"{fig['collision_rate_argmin']:.2%} | {fig['max_collision_argmin']} | {fig['avg_codebook_usage']:.3f} |"),
+        (f"| this index (balanced) | {fig['levels']} | {fig['codebook_size']} | "
         f"{fig['collision_rate_before_code']:.2%} | {fig['max_collision_before_code']} | "
-        f"{fig['avg_codebook_usage']:.3f} |",
+        f"{fig['avg_codebook_usage']:.3f} |"),
         paper,
         "",
-        f"Codebook usage per level: {usage}. After the extra code every ad's S-ID is unique: "
-        f"unique fraction {fig['sid_unique_fraction']:.4f}.",
+        (f"Codebook usage per level: {usage}. After the extra code every ad's S-ID is unique: "
+        f"unique fraction {fig['sid_unique_fraction']:.4f}."),
         "",
         "## Embedding neighbour accuracy (Table 3)",
         "",

@@ -10,6 +10,7 @@ level, dead-code re-seeding from live residuals, and a collision-aware last leve
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from leadre_model.config import RQVAEConfig
 
 def _mlp(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.SiLU())

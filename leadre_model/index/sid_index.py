@@ -163,10 +163,10 @@ def load_trie(path: Path) -> SidTrie:
 
 __all__ = [
     "SidIndex",
-    "save_index",
+    "load_embeddings",
     "load_index",
     "load_rqvae",
-    "load_embeddings",
     "load_trie",
     "read_meta",
+    "save_index",
 ]

@@ -57,7 +57,7 @@ def collision_stats(codes: np.ndarray) -> dict[str, float]:
     inverse, counts = _group_ids(codes)
     return {
         "ads": n,
-        "unique": int(len(counts)),
+        "unique": len(counts),
         "collision_rate": float(1 - len(counts) / n),
         "colliding_ads": float(counts[inverse].__gt__(1).mean()),
         "max_collision": int(counts.max()),

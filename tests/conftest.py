@@ -1,0 +1,41 @@
+"""Shared fixtures: a small synthetic catalog and its index, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from leadre_model.config import PRESETS, IndexConfig
+from leadre_model.data.records import Ad
+from leadre_model.data.synth import SynthConfig, synth_ads
+
+
+def make_ads(n_ads: int, seed: int = 0) -> list[Ad]:
+    cols = synth_ads(SynthConfig(seed=seed, n_ads=n_ads, n_users=1))
+    names = list(cols)
+    return [Ad.model_validate(dict(zip(names, row))) for row in zip(*(list(cols[c]) for c in names))]
+
+
+@pytest.fixture(scope="session")
+def small_ads() -> list[Ad]:
+    return make_ads(600, seed=3)
+
+
+@pytest.fixture(scope="session")
+def embed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache") / "embeddings.npz"
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory: pytest.TempPathFactory, small_ads: list[Ad], embed_cache: Path) -> Path:
+    from leadre_model.index.build import build_index
+
+    out = tmp_path_factory.mktemp("idx") / "index"
+    cfg = IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 40}))
+    build_index(small_ads[:500], out, cfg, cache_path=embed_cache, progress=False)
+    return out
