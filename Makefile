@@ -37,7 +37,7 @@ demo: venv redis
 
 bench: venv
 	$(VENV)/bin/python bench/index_bench.py
-	$(VENV)/bin/python bench/trie_bench.py
+	$(VENV)/bin/python bench/table5_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check leadre_model services tests bench

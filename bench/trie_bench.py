@@ -8,7 +8,7 @@ group of equal 4-level prefixes, as the index assigns it), so all N S-IDs are un
 - trie_build_1m_s: SidTrie.build from the (N, 5) int64 codes (suffix = N in thousands/millions);
 - trie_rss_1m_mb: peak RSS of the WHOLE process right after the build (VmHWM: Python,
   numpy, the input codes and the trie), measured before the dict peer is built;
-- trie_nbytes_1m_mb: bytes in the trie's arrays;
+- trie_nbytes_1m_mb: bytes in the trie's arrays; trie_last_level_size: K of level 5;
 - trie_lookups_per_s: valid_next node queries per second, batches of --batch nodes at a
   random level 0..4 (nodes = ancestors of random ads, so busy prefixes are hit more);
 - trie_mask_lookups_per_s, trie_step_per_s, trie_sid_lookups_per_s: the same batches
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"trie_build_{tag}_s: {time.perf_counter() - t0:.3f}")
     print(f"trie_rss_{tag}_mb: {peak_rss_mb():.1f}")
     print(f"trie_nbytes_{tag}_mb: {trie.nbytes() / 2**20:.1f}")
-    print(f"trie_levels: {list(trie.level_sizes)}")
+    print(f"trie_last_level_size: {trie.level_sizes[-1]}")
 
     L = trie.num_levels
     levels = rng.integers(0, L, size=args.batches)

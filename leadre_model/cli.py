@@ -200,7 +200,9 @@ def index_report(
     """Table 5 (collisions, codebook usage), Table 3 (neighbour accuracy), loss curve."""
     from leadre_model.data.store import load_ads
     from leadre_model.index.report import build_report
+    from leadre_model.index.sid_index import read_meta
 
+    read_meta(index)  # fail on a wrong --index before reading the world
     out = out or index / "report"
     figures = build_report(index, load_ads(world), out)
     console.print(Markdown((out / "report.md").read_text().split("## Training")[0]))

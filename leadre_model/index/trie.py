@@ -1,23 +1,15 @@
 """The semantic-ID trie (paper §3.3, Algorithm 1) as compact numpy arrays.
 
-Every ad is a root-to-leaf path of L codes. Nodes of depth ``l`` (level ``l``; level 0 is
-the root, level L the leaves) are numbered 0..n_l-1 in lexicographic order of their
-prefixes, so a decoder's state is one int per beam and every query is a handful of
-vectorised numpy calls over the whole batch (no Python loop per beam or per node).
-
-Per edge level ``l`` (level l → level l+1) the trie keeps
-
-* ``key[l]``   (n_{l+1},) int64, sorted: ``parent * K_l + code`` of each level-l+1 node,
-  so a batch of (node, code) edges is found with one ``np.searchsorted``;
-* ``start[l]`` (n_l + 2,) CSR offsets: node n's children are ``start[n]:start[n+1]``
-  (contiguous and ordered by code, since nodes are numbered in prefix order); the extra
-  entry is a childless sentinel node where dead beams (-1) are sent;
-* ``code[l]``  (n_{l+1},) int32 edge labels, apart from ``key`` to save a modulo per child;
-
-and per level ``count[l]``, the active leaves below each node. Pausing an ad decrements
-the counts of its L+1 ancestors, so a prefix whose whole subtree is paused is no longer
-offered. Wide levels (the top ones) also keep a dense ``(n_l + 1, K_l)`` bool mask of
-active children, so ``valid_mask`` there is one row gather.
+Nodes of depth ``l`` (level 0 = root, level L = leaves) are numbered in lexicographic
+order of their prefixes, so a beam's state is one int and every query is a few numpy
+calls over the whole batch. Per edge level ``l`` (level l → l+1) the trie keeps
+``key[l]`` = sorted ``parent * K_l + code`` of each level-l+1 node (a batch of edges is
+one ``np.searchsorted``), CSR offsets ``start[l]`` (node n's children are the contiguous
+``start[n]:start[n+1]``, by code; one extra childless sentinel node takes dead beams, -1)
+and the int32 edge labels ``code[l]``; per level, ``count[l]`` = active leaves below each
+node. Pausing an ad decrements its L+1 ancestors' counts, so a prefix whose whole subtree
+is paused is no longer offered. Wide (top) levels also keep a dense ``(n_l + 1, K_l)``
+mask of active children, so ``valid_mask`` there is one row gather.
 """
 
 from __future__ import annotations
@@ -43,14 +35,8 @@ class SidTrie:
     arrays (per-level sorted edge keys, leaf rows, leaf active flags) and derives the rest.
     """
 
-    def __init__(
-        self,
-        level_sizes: Sequence[int],
-        keys: Sequence[np.ndarray],
-        leaf_row: np.ndarray,
-        leaf_active: np.ndarray,
-        dense_max_cells: int = DENSE_MAX_CELLS,
-    ) -> None:
+    def __init__(self, level_sizes: Sequence[int], keys: Sequence[np.ndarray], leaf_row: np.ndarray,
+                 leaf_active: np.ndarray, dense_max_cells: int = DENSE_MAX_CELLS) -> None:
         self._k = tuple(int(k) for k in level_sizes)
         self._dense_max_cells = int(dense_max_cells)
         self._key = [np.ascontiguousarray(k, dtype=np.int64) for k in keys]
@@ -86,14 +72,9 @@ class SidTrie:
         self._row_sorted, self._row_leaf = self._leaf_row[order], order.astype(np.int32)
 
     @classmethod
-    def build(
-        cls,
-        codes: np.ndarray,
-        rows: np.ndarray,
-        active: np.ndarray | None = None,
-        level_sizes: Sequence[int] | None = None,
-        dense_max_cells: int = DENSE_MAX_CELLS,
-    ) -> SidTrie:
+    def build(cls, codes: np.ndarray, rows: np.ndarray, active: np.ndarray | None = None,
+              level_sizes: Sequence[int] | None = None,
+              dense_max_cells: int = DENSE_MAX_CELLS) -> SidTrie:
         """Build from ``codes`` (N, L) ints and ``rows`` (N,) ints (+ ``active`` (N,) bool).
 
         ``level_sizes`` (K_l, the width of ``valid_mask``) defaults to max code + 1 per
@@ -109,8 +90,8 @@ class SidTrie:
             raise ValueError(f"active must have shape ({n},), got {active.shape}")
         top = codes.max(axis=0, initial=0)
         sizes = [int(t) + 1 for t in top] if level_sizes is None else [int(k) for k in level_sizes]
-        if len(sizes) != L or min(sizes) < 1:
-            raise ValueError(f"level_sizes {sizes} do not fit {L} levels")
+        if len(sizes) != L or min(sizes) < 1 or max(sizes) * max(n, 1) >= 1 << 62:
+            raise ValueError(f"level_sizes {sizes} do not fit {L} levels (or overflow int64 keys)")
         for lv in range(L):
             bad = np.flatnonzero((codes[:, lv] < 0) | (codes[:, lv] >= sizes[lv]))[:5]
             if len(bad):
@@ -121,6 +102,7 @@ class SidTrie:
             raise ValueError(f"rows must be in [0, {_MAX_ROW}], got {rows.min()}..{rows.max()}")
         srt = np.sort(rows)
         dup_rows = np.unique(srt[1:][srt[1:] == srt[:-1]])
+        del srt  # peak memory: the 1M-ad build stays well under its RSS budget
         if len(dup_rows):
             raise ValueError(f"duplicate rows: {dup_rows[:10].tolist()} ({len(dup_rows)} in all)")
         order = _lex_order(codes, sizes)
@@ -195,9 +177,7 @@ class SidTrie:
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """Rows (B,) int64 of the ads with S-IDs ``codes`` (B, L); -1 if unknown or paused."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.num_levels:
-            raise ValueError(f"codes must have shape (B, {self.num_levels}), got {codes.shape}")
+        codes = self._sids(codes)
         leaf = np.zeros(len(codes), dtype=np.int64)
         for lv in range(self.num_levels):  # structural walk; activity checked once, at the leaf
             leaf = self._edge(lv, leaf, codes[:, lv])
@@ -242,7 +222,8 @@ class SidTrie:
         return codes, self._leaf_row.astype(np.int64), self._count[-1] > 0
 
     def pause(self, rows: np.ndarray) -> None:
-        """Hide ads from every query, in place, O(L) per ad. Unknown rows: KeyError."""
+        """Hide ads from every query, in place, O(L) per ad (node states stay valid).
+        Unknown rows: KeyError."""
         self._set_active(rows, False)
 
     def resume(self, rows: np.ndarray) -> None:
@@ -255,27 +236,27 @@ class SidTrie:
         Rebuilds the level arrays, vectorised: O(N) when S-IDs pack into 63 bits (the sort
         meets one long sorted run), else O(N log N). Existing ads keep their paused state.
         A level grows (``valid_mask`` widens) only when a new code does not fit in it.
+        Node states taken before an add or remove are stale (nodes are renumbered).
         """
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.num_levels:
-            raise ValueError(f"codes must have shape (B, {self.num_levels}), got {codes.shape}")
-        rows = np.asarray(rows).reshape(-1)
+        codes, rows = self._sids(codes), np.asarray(rows).reshape(-1)
         if len(codes) == 0 and len(rows) == 0:
             return
         old_codes, old_rows, old_active = self.to_arrays()
         new_active = np.ones(len(codes), bool) if active is None else np.asarray(active, bool)
         sizes = [max(k, int(c) + 1) for k, c in zip(self._k, codes.max(axis=0, initial=0))]
-        self._replace(SidTrie.build(
+        self.__dict__.update(SidTrie.build(
             np.concatenate([old_codes, codes]), np.concatenate([old_rows, rows]),
-            np.concatenate([old_active, new_active.reshape(-1)]), sizes, self._dense_max_cells))
+            np.concatenate([old_active, new_active.reshape(-1)]), sizes, self._dense_max_cells
+        ).__dict__)
 
     def remove(self, rows: np.ndarray) -> None:
-        """Delete ads for good (their S-IDs can be reused); O(N) rebuild. Unknown rows: KeyError."""
+        """Delete ads for good (their S-IDs can be reused): an O(N) rebuild, so node states
+        taken before are stale. Unknown rows: KeyError."""
         keep = np.ones(len(self), dtype=bool)
         keep[self._leaves_of_rows(rows)] = False
         codes, leaf_rows, active = self.to_arrays()
-        self._replace(SidTrie.build(codes[keep], leaf_rows[keep], active[keep], self._k,
-                                    self._dense_max_cells))
+        self.__dict__.update(SidTrie.build(
+            codes[keep], leaf_rows[keep], active[keep], self._k, self._dense_max_cells).__dict__)
 
     def save(self, path: str | Path) -> None:
         """One ``.npz`` of plain arrays (loads with ``allow_pickle=False``), written to a
@@ -325,6 +306,12 @@ class SidTrie:
         arrays = [*self._key, *self._code, *self._start, *self._count, self._leaf_row,
                   self._row_sorted, self._row_leaf, *(m for m in self._mask if m is not None)]
         return int(sum(a.nbytes for a in arrays))
+
+    def _sids(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.num_levels:
+            raise ValueError(f"codes must have shape (B, {self.num_levels}), got {codes.shape}")
+        return codes
 
     def _level(self, level: int, leaf_ok: bool = False) -> int:
         top = self.num_levels + (1 if leaf_ok else 0)
@@ -401,9 +388,6 @@ class SidTrie:
             if (mask := self._mask[lv - 1]) is not None:
                 mask[parent, self._code[lv - 1][nodes]] = count[nodes] > 0
             nodes = parent
-
-    def _replace(self, other: SidTrie) -> None:
-        self.__dict__.update(other.__dict__)
 
 
 def _ints(name: str, a: np.ndarray, shape: tuple[int] | None) -> np.ndarray:

@@ -39,8 +39,7 @@ class RefTrie:
         return d if isinstance(d, dict) and d else None
 
     def lookup(self, sid: tuple[int, ...]) -> int:
-        entry = next((r for r, (s, a) in self.ads.items() if s == sid and a), -1)
-        return entry
+        return next((r for r, (s, a) in self.ads.items() if s == sid and a), -1)
 
 
 def assert_agrees(trie: SidTrie, ref: RefTrie) -> None:
@@ -105,7 +104,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(catalogs(), OPS, st.sampled_from(DENSE_SETTINGS), st.data())
 def test_matches_dict_trie_through_updates(catalog, ops, dense, data) -> None:
     sizes, sids, rows, active = catalog
@@ -225,6 +224,16 @@ def test_bigger_random_trie_with_pauses(dense: int) -> None:
     ads = {int(r): (tuple(int(c) for c in s), int(r) not in off) for s, r in zip(sids, rows)}
     assert_agrees(trie, RefTrie(ads))
     assert 2 not in children(trie, 0, 0)
+
+
+def test_wide_codes_take_the_lexsort_path() -> None:
+    # 2 x 31 bits + 2 bits do not pack into one int64: the build falls back to np.lexsort.
+    rng = np.random.default_rng(1)
+    sids = np.unique(rng.integers(0, [3, 2**31, 4], size=(300, 3)), axis=0)
+    trie = SidTrie.build(sids, np.arange(len(sids)), level_sizes=[2**31, 2**31, 4])
+    assert trie.to_arrays()[0].tolist() == sorted(sids.tolist())
+    assert (trie.lookup(sids) == np.arange(len(sids))).all()
+    assert children(trie, 0, 0) == sorted(set(sids[:, 0].tolist()))
 
 
 # ------------------------------------------------------------------ I/O and errors
