@@ -36,9 +36,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from leadre_model.data.errors import ErrorCollector
-from leadre_model.data.importer import WorldWriter, validation_reason
+from leadre_model.data.errors import ErrorCollector, validation_reason
 from leadre_model.data.records import Action, Ad, Behavior, Domain, User
+from leadre_model.data.store import WorldWriter
 
 SEQUENCES = "sequences.txt"
 ITEM_TEXT = "item_text.txt"

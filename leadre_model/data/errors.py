@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,13 +43,23 @@ class ErrorCollector:
         if len(self.errors) < self.cap:
             self.errors.append(RowError(Path(path), line, reason))
 
-    def add_validation(self, path: Path, line: int, exc: ValidationError) -> None:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "row"
-            parts.append(f"{loc}: {err['msg']}")
-        self.add(path, line, "; ".join(parts))
+    def add_validation(
+        self, path: Path, line: int, exc: ValidationError, rename: Mapping[str, str] | None = None
+    ) -> None:
+        self.add(path, line, validation_reason(exc, rename))
 
     def raise_if_any(self) -> None:
         if self.total:
             raise DataValidationError(self.errors, self.total)
+
+
+def validation_reason(exc: ValidationError, rename: Mapping[str, str] | None = None) -> str:
+    """``column: message; ...`` for a pydantic error, with record fields renamed to columns."""
+    rename = rename or {}
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        head = loc.split(".")[0]
+        loc = (rename.get(head, head) + loc[len(head) :]) if loc else "row"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

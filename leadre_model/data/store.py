@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from leadre_model.data.records import RECORD_TYPES, Ad, Behavior, ContentItem, User
 
@@ -173,3 +176,79 @@ def read_manifest(world: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+class WorldWriter:
+    """Stages the four tables of a world near ``out`` and moves them in only on success.
+
+    Use as a context manager; call :meth:`add` for every record and set :attr:`manifest`.
+    If the block raises (for example :class:`DataValidationError`), the staging directory is
+    removed and ``out`` is left exactly as it was. Otherwise every table (empty ones too,
+    so no stale table of an older world survives) and then ``world.json`` are renamed into
+    ``out``; ``counts`` in the manifest is filled in from what was written.
+    """
+
+    def __init__(self, out: Path, batch_size: int = 65_536) -> None:
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(f"{self.out}: exists and is not a directory")
+        self.batch_size = batch_size
+        self.manifest: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self._staging: Path | None = None
+        self._writers: dict[str, TableWriter] = {}
+        self._buffers: dict[str, list[Any]] = {kind: [] for kind in SCHEMAS}
+
+    def __enter__(self) -> Self:
+        # Stage in the nearest existing ancestor, so a failed run creates no directories.
+        base = self.out.resolve().parent
+        while not base.is_dir():
+            base = base.parent
+        self._staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.staging-", dir=base))
+        for kind in SCHEMAS:
+            self._writers[kind] = TableWriter(self._staging, kind).__enter__()
+        return self
+
+    def add(self, kind: str, record: BaseModel) -> None:
+        buf = self._buffers[kind]
+        buf.append(record)
+        if len(buf) >= self.batch_size:
+            self._flush(kind)
+
+    def _flush(self, kind: str) -> None:
+        self._writers[kind].write_records(self._buffers[kind])
+        self._buffers[kind] = []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._staging is not None
+        try:
+            if exc_type is None:
+                try:
+                    for kind in SCHEMAS:
+                        self._flush(kind)
+                except BaseException as err:
+                    self._close_writers(type(err), err, err.__traceback__)
+                    raise
+            self._close_writers(exc_type, exc, tb)
+            if exc_type is None:
+                self._commit()
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def _close_writers(self, *exc_info: Any) -> None:
+        for writer in self._writers.values():
+            writer.__exit__(*exc_info)
+
+    def _commit(self) -> None:
+        assert self._staging is not None
+        self.counts = {kind: w.rows for kind, w in self._writers.items()}
+        self.out.mkdir(parents=True, exist_ok=True)
+        for kind in SCHEMAS:
+            os.replace(table_path(self._staging, kind), table_path(self.out, kind))
+        self.manifest = {**self.manifest, "counts": self.counts}
+        write_manifest(self.out, self.manifest)

@@ -37,9 +37,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from leadre_model.data.errors import ErrorCollector
-from leadre_model.data.importer import WorldWriter, validation_reason
+from leadre_model.data.errors import ErrorCollector, validation_reason
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
+from leadre_model.data.store import WorldWriter
 
 FILE_NAME = "alimama_sampled_train.txt"
 N_COLUMNS = 267
