@@ -20,22 +20,18 @@ import time
 from pathlib import Path
 
 from leadre_model.config import PRESETS, IndexConfig, preset_for
-from leadre_model.data.records import Ad
-from leadre_model.data.synth import SynthConfig, synth_ads
+from leadre_model.data.synth import synth_ad_records
 from leadre_model.index.build import build_index
 
 
-def catalog(n_ads: int, seed: int) -> list[Ad]:
-    cols = synth_ads(SynthConfig(seed=seed, n_ads=n_ads, n_users=1))
-    names = list(cols)
-    return [Ad.model_validate(dict(zip(names, row))) for row in zip(*(list(cols[c]) for c in names))]
-
-
-def build(n_ads: int, seed: int, workdir: Path) -> tuple[float, dict]:
-    ads = catalog(n_ads, seed)
+def build(n_ads: int, seed: int, workdir: Path, cache: Path | None) -> tuple[float, dict]:
+    """Timed build with a cold embedding cache (it is filled for table5_bench.py to reuse)."""
+    ads = synth_ad_records(n_ads, seed)
     cfg = IndexConfig(rqvae=PRESETS[preset_for(n_ads)].model_copy(update={"seed": seed}))
+    if cache:
+        cache.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    index = build_index(ads, workdir / f"index_{n_ads}", cfg, cache_path=None, progress=False)
+    index = build_index(ads, workdir / f"index_{n_ads}", cfg, cache_path=cache, progress=False)
     return time.perf_counter() - t0, index.stats
 
 
@@ -45,10 +41,12 @@ def main() -> None:
     ap.add_argument("--build-ads", type=int, default=100_000, help="0 skips the build timing")
     ap.add_argument("--trie-ads", type=int, default=1_000_000, help="0 skips the trie figures")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=Path(".leadre_cache/bench_embeddings.npz"),
+                    help="embedding cache of the timed build (emptied first; table5 reuses it)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _, stats = build(args.quality_ads, args.seed, work)
+        _, stats = build(args.quality_ads, args.seed, work, None)
         coll = stats["collisions"]
         import numpy as np
 
@@ -62,7 +60,7 @@ def main() -> None:
         print(f"codebook_usage_avg: {np.mean(stats['codebook_usage']):.4f}")
         sys.stdout.flush()
         if args.build_ads:
-            secs, stats = build(args.build_ads, args.seed, work)
+            secs, stats = build(args.build_ads, args.seed, work, args.cache)
             print(f"index_build_{args.build_ads // 1000}k_s: {secs:.1f}")
             for name, value in stats["timings"].items():
                 print(f"index_build_{args.build_ads // 1000}k_{name}: {value:.1f}")

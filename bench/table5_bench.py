@@ -16,11 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from index_bench import catalog
-
 from leadre_model.config import IndexConfig, RQVAEConfig
+from leadre_model.data.synth import synth_ad_records
 from leadre_model.index.build import build_index
 
 CONFIGS = [(3, 256), (3, 512), (3, 1024), (4, 256), (4, 1024)]
@@ -33,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(".leadre_cache/bench_embeddings.npz"))
     args = ap.parse_args()
-    ads = catalog(args.ads, args.seed)
+    ads = synth_ad_records(args.ads, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         for levels, k in CONFIGS:
             cfg = IndexConfig(rqvae=RQVAEConfig(levels=levels, codebook_size=k, epochs=args.epochs,

@@ -12,18 +12,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.records import Ad
-from leadre_model.data.synth import SynthConfig, synth_ads
-
-
-def make_ads(n_ads: int, seed: int = 0) -> list[Ad]:
-    cols = synth_ads(SynthConfig(seed=seed, n_ads=n_ads, n_users=1))
-    names = list(cols)
-    return [Ad.model_validate(dict(zip(names, row))) for row in zip(*(list(cols[c]) for c in names))]
+from leadre_model.data.synth import synth_ad_records
 
 
 @pytest.fixture(scope="session")
 def small_ads() -> list[Ad]:
-    return make_ads(600, seed=3)
+    return synth_ad_records(600, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
+from leadre_model.data.records import Ad
 from leadre_model.data.store import TableWriter, write_manifest
 
 EPOCH_END = 1_767_225_600  # 2026-01-01T00:00:00Z: every world's window ends here
@@ -254,6 +255,14 @@ def synth_ads(cfg: SynthConfig) -> dict[str, np.ndarray | list]:
     """Columns of the ads table only (vectorised: a million ads in seconds)."""
     with _gc_paused():
         return _make_ads(cfg, _world(cfg))[0]
+
+
+def synth_ad_records(n_ads: int, seed: int = 0) -> list[Ad]:
+    """A synthetic catalog as validated records (tests, benchmarks, `index add` demos)."""
+    cols = synth_ads(SynthConfig(seed=seed, n_ads=n_ads, n_users=1))
+    names = list(cols)
+    return [Ad.model_validate(dict(zip(names, row, strict=True)))
+            for row in zip(*(list(cols[c]) for c in names), strict=True)]
 
 
 def _make_content(cfg: SynthConfig, w: _World) -> tuple[dict[str, Any], _Catalog]:
