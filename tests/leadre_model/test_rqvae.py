@@ -35,8 +35,11 @@ def test_guards_prevent_collapse_that_happens_without_them():
     bare = CFG.model_copy(update={"kmeans_iters": 0, "dead_code_threshold": 0})
     torch.manual_seed(0)
     m_bare, _ = train_rqvae(x, bare, progress=False)
-    m_guard, log = train_rqvae(x, CFG, progress=False)
-    use = lambda m: min(len(np.unique(m.encode_codes(x)[0][:, lv])) for lv in range(3)) / 16  # noqa: E731
+    m_guard, _ = train_rqvae(x, CFG, progress=False)
+
+    def use(m: object) -> float:
+        return min(len(np.unique(m.encode_codes(x)[0][:, lv])) for lv in range(3)) / 16
+
     assert use(m_guard) >= 0.9
     assert use(m_guard) > use(m_bare)
 
