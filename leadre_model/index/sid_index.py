@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import pyarrow.parquet as pq
 from safetensors.torch import load_file, save_file
 
 from leadre_model.config import IndexConfig
+from leadre_model.data.store import atomic_dir
 from leadre_model.index.rqvae import RQVAE
 from leadre_model.index.sids import sid_tokens
 from leadre_model.index.trie import SidTrie
@@ -84,10 +82,7 @@ def save_index(
     trie: SidTrie | None = None,
 ) -> None:
     """Write every file into a fresh temp dir, then swap it in: readers never see a mix."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(Path(out)) as tmp:
         cols: dict[str, Any] = {"ad_id": index.ad_ids, "row": np.arange(len(index))}
         for level in range(index.codes.shape[1]):
             cols[f"code_{level}"] = index.codes[:, level]
@@ -107,17 +102,6 @@ def save_index(
             "stats": index.stats,
         }
         (tmp / "index.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -1,0 +1,296 @@
+"""The causal LM that generates S-IDs: a tiny Qwen2 built from scratch or any local Hugging
+Face checkpoint, its vocabulary extended with the S-ID and soft-prompt tokens; saved in
+safetensors beside a manifest that ties it to one S-ID index.
+
+The soft-prompt token ``<|leadre_soft|>`` (§4.2.1's learnable task token) is an ordinary
+row of the input embedding matrix, so it trains with the rest of the model; with
+``trainable="new_tokens"`` only the rows of the added tokens (S-IDs, advertisers, soft
+prompt) get gradients — the cheap option for large checkpoints (LoRA adapters through PEFT
+stack on top of that later; PEFT is not a dependency yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from leadre_model.config import _Config
+from leadre_model.data.store import atomic_dir
+from leadre_model.index.sids import LEVEL_PREFIXES
+from leadre_model.llm.tokenizer import _SID, SOFT_TOKEN, extend_tokenizer, tokenizer_hash
+
+MANIFEST = "manifest.json"
+FORMAT = "leadre-llm"
+FORMAT_VERSION = 1
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+class LLMConfig(_Config):
+    """Which LM to build. ``base="tiny"``: the embedded Qwen2 below, random init (seeded);
+    otherwise a local checkpoint directory (never downloaded)."""
+
+    base: str = Field(default="tiny", description="'tiny' or a local HF causal-LM checkpoint path")
+    hidden_size: int = Field(default=192, ge=16)
+    intermediate_size: int = Field(default=512, ge=16)
+    num_layers: int = Field(default=3, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    num_kv_heads: int = Field(default=2, ge=1, description="< num_heads: grouped-query attention")
+    max_positions: int = Field(default=2560, ge=64)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    tie_embeddings: bool = True
+    seed: int = 0
+    trainable: Literal["all", "new_tokens"] = Field(
+        default="all", description="new_tokens: only the added tokens' embedding rows train")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _heads(self) -> LLMConfig:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        return self
+
+
+def build_model(
+    cfg: LLMConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    new_tokens: Sequence[str] = (),
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Make the model and its (extended) tokenizer.
+
+    ``tiny`` needs ``tokenizer`` (from :func:`train_tokenizer`). A checkpoint path loads
+    its own tokenizer unless one is given; ``new_tokens`` (``sid_vocabulary(...)`` plus
+    advertiser tokens) are added in both cases, the embeddings resized, and each new row
+    set to the mean of the existing rows plus small seeded noise: a new token then starts
+    as an "average" word instead of a random direction with an outsized norm, and the noise
+    breaks the tie between S-ID tokens that would otherwise get identical logits.
+    """
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.base == "tiny":
+        if tokenizer is None:
+            raise ValueError("base='tiny' needs a tokenizer (leadre_model.llm.tokenizer.train_tokenizer)")
+        extend_tokenizer(tokenizer, new_tokens)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            max_position_embeddings=cfg.max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+            tie_word_embeddings=cfg.tie_embeddings,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG
+            torch.manual_seed(cfg.seed)
+            model = Qwen2ForCausalLM(config).to(dtype)
+        model.name_or_path = "tiny"
+    else:
+        path = Path(cfg.base)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: not a local checkpoint directory (nothing is downloaded)")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        added = extend_tokenizer(tokenizer, new_tokens)
+        _resize_with_mean(model, tokenizer, tokenizer.convert_tokens_to_ids(added), cfg.seed)
+    neutral_generation_config(model, tokenizer)
+    if cfg.trainable == "new_tokens":
+        train_only_token_rows(model, leadre_token_ids(tokenizer, new_tokens))
+    return model, tokenizer
+
+
+def leadre_token_ids(tokenizer: PreTrainedTokenizerBase, extra: Sequence[str] = ()) -> list[int]:
+    """Ids of the S-ID tokens, the soft-prompt token and ``extra`` (advertisers)."""
+    vocab = tokenizer.get_vocab()
+    names = {t for t in vocab if _SID.fullmatch(t)} | {SOFT_TOKEN} | set(extra)
+    return sorted(vocab[t] for t in names if t in vocab)
+
+
+def train_only_token_rows(model: PreTrainedModel, token_ids: Sequence[int]) -> None:
+    """Freeze every parameter but the embedding matrices, and mask their gradients to
+    ``token_ids``' rows. Use weight_decay=0 on the embeddings: decoupled weight decay
+    would still shrink the frozen rows (their gradient is zero, not absent)."""
+    rows = torch.as_tensor(list(token_ids), dtype=torch.long)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    matrices = {id(m.weight): m.weight for m in (model.get_input_embeddings(),
+                                                  model.get_output_embeddings()) if m is not None}
+    for w in matrices.values():  # once per matrix: tied embeddings share one
+        keep = torch.zeros(w.shape[0], 1, dtype=torch.bool, device=w.device)
+        keep[rows.to(w.device)] = True
+        w.requires_grad_(True)
+        w.register_hook(lambda g, k=keep: g * k.to(g.dtype))
+
+
+def neutral_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Replace the model's generation_config with library defaults (+ the special ids).
+
+    A checkpoint's own ``generation_config.json`` (do_sample, top_k, num_beams,
+    repetition_penalty, …) silently overrides whatever ``generate()`` is not told
+    explicitly — a known way for "constrained" decoding to end up sampling. Our decoder
+    does not call ``generate()`` at all; this keeps any other caller honest too.
+    """
+    model.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    index_digest: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write weights (safetensors), config, tokenizer and ``manifest.json`` into a temp dir
+    and swap it in (readers never see half a model). Returns the manifest."""
+    with atomic_dir(Path(out_dir)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        weights = _files_sha256(sorted(tmp.glob("*.safetensors")))
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_version": weights[:16],  # content-addressed: same weights, same version
+            "base": model.name_or_path or model.config.model_type,
+            "architecture": model.config.model_type,
+            "num_parameters": model.num_parameters(),
+            "weights_sha256": weights,
+            "tokenizer_sha256": tokenizer_hash(tokenizer),
+            "index_digest": index_digest,
+            "level_sizes": sid_level_sizes(tokenizer),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "extra": extra or {},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a LEADRE model directory (no manifest)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+                         f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
+    return manifest
+
+
+def load_model(
+    model_dir: str | Path,
+    expected_index_digest: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Load (model in eval mode, tokenizer, manifest) saved by :func:`save_model`.
+
+    ValueError when ``expected_index_digest`` (``SidIndex.digest()`` of the index about to
+    be served) differs from the one the model was trained on — its S-ID tokens would mean
+    other ads — or when the tokenizer on disk is not the one the manifest names.
+    The generation_config is reset (see :func:`neutral_generation_config`).
+    """
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if expected_index_digest is not None and manifest["index_digest"] != expected_index_digest:
+        raise ValueError(
+            f"{model_dir}: model {manifest['model_version']} was trained on S-ID index "
+            f"{manifest['index_digest'][:16]}…, not on the given index {expected_index_digest[:16]}…; "
+            "its S-ID tokens would name other ads. Serve it with its own index or retrain.")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer_hash(tokenizer) != manifest["tokenizer_sha256"]:
+        raise ValueError(f"{model_dir}: tokenizer files do not match the manifest's tokenizer_sha256")
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+    model.name_or_path = manifest["base"]
+    neutral_generation_config(model, tokenizer)
+    return model.eval(), tokenizer, manifest
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``path``, exactly as saved.
+
+    transformers 5's AutoTokenizer picks the class from config.json's model_type when
+    tokenizer_config.json names the generic backend, so our trained BPE beside a qwen2
+    config comes back as Qwen2Tokenizer with Qwen's NFC + regex pre-tokenizer: other ids
+    for the same text. A generic tokenizer is therefore loaded generically."""
+    cfg_path = Path(path) / "tokenizer_config.json"
+    cls = json.loads(cfg_path.read_text()).get("tokenizer_class") if cfg_path.exists() else None
+    if cls in _GENERIC_TOKENIZERS and (Path(path) / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def sid_level_sizes(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Codes per level known to the tokenizer (``<a_0>…<a_{K-1}>`` → K for level 0)."""
+    sizes: dict[int, int] = {}
+    for token in tokenizer.get_vocab():
+        if _SID.fullmatch(token):
+            level = LEVEL_PREFIXES.index(token[1])
+            sizes[level] = max(sizes.get(level, 0), int(token[3:-1]) + 1)
+    return [sizes.get(level, 0) for level in range(max(sizes, default=-1) + 1)]
+
+
+def _resize_with_mean(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      new_ids: Sequence[int], seed: int) -> None:
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if not new_ids and len(tokenizer) <= old_rows:
+        return
+    model.resize_token_embeddings(max(len(tokenizer), old_rows), mean_resizing=False)
+    new = torch.as_tensor(list(new_ids), dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    matrices = [emb_in.weight] + ([emb_out.weight] if emb_out is not None
+                                  and emb_out.weight is not emb_in.weight else [])
+    with torch.no_grad():
+        for w in matrices:
+            old = torch.ones(w.shape[0], dtype=torch.bool)
+            old[new] = False
+            old[old_rows:] = False
+            base = w[old].float()
+            noise = torch.randn(len(new), w.shape[1], generator=gen) * base.std(0) * 0.02
+            w[new] = (base.mean(0) + noise).to(w.dtype)
+
+
+def _files_sha256(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+__all__ = [
+    "LLMConfig",
+    "build_model",
+    "leadre_token_ids",
+    "load_model",
+    "load_tokenizer",
+    "neutral_generation_config",
+    "read_manifest",
+    "save_model",
+    "sid_level_sizes",
+    "train_only_token_rows",
+]
