@@ -211,6 +211,38 @@ def index_report(
                                                            "sid_unique_fraction")}))
 
 
+@app.command("train")
+@friendly
+def train(
+    world: Path = typer.Option(..., help="world directory"),
+    index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
+    out: Path = typer.Option(..., help="model directory to write"),
+    preset: str = typer.Option("tiny", help="demo | tiny | paper"),
+    curriculum: str | None = typer.Option(None, help="e.g. ex>im>main, main+im+ex, main"),
+    base: str | None = typer.Option(None, help="local HF causal-LM checkpoint (default: tiny Qwen2)"),
+    dpo: bool = typer.Option(True, help="align to eCPM with DPO after SFT"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Curriculum SFT (EX → IM → Main) and DPO; saves safetensors + manifest."""
+    from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
+
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = TRAIN_PRESETS[preset]
+    update: dict[str, Any] = {}
+    if curriculum:
+        update["curriculum"] = curriculum
+    if base:
+        update["llm"] = cfg.llm.model_copy(update={"base": base})
+    if not dpo:
+        update["dpo"] = None
+    cfg = type(cfg).model_validate({**cfg.model_dump(), **update})
+    summary = train_leadre(world, index, out, cfg, progress=progress)
+    t = summary["timings"]
+    console.print(f"model → {out}  samples {summary['samples']}  DPO pairs {summary['dpo_pairs']}  "
+                  + "  ".join(f"{k} {v:.0f}" for k, v in t.items()))
+
+
 @app.command("demo")
 @friendly
 def demo(
@@ -219,17 +251,53 @@ def demo(
     ads: int = typer.Option(2000, min=2),
     seed: int = typer.Option(0),
 ) -> None:
-    """End to end on the embedded default: synthetic world → index → index report."""
-    console.rule("[bold]1/3 synthetic world")
+    """End to end on the embedded default: synthetic world → index → report → training →
+    retrievals for a few users."""
+    console.rule("[bold]1/4 synthetic world")
     data_synth(out=workdir / "world", users=users, ads=ads, content=max(ads, 1000), seed=seed,
                progress=True)
-    console.rule("[bold]2/3 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
+    console.rule("[bold]2/4 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
     index_build(world=workdir / "world", out=workdir / "index", preset="auto", levels=None,
                 codebook_size=None, code_dim=None, epochs=None, encoder=None, template=None,
                 cache=workdir / "embeddings.npz", seed=seed, progress=True)
-    console.rule("[bold]3/3 index report")
+    console.rule("[bold]3/4 index report")
     index_report(index=workdir / "index", world=workdir / "world", out=None)
     _show_examples(workdir)
+    console.rule("[bold]4/4 LLM alignment: curriculum SFT (EX → IM → Main) + DPO")
+    train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
+          curriculum=None, base=None, dpo=True, progress=True)
+    _show_retrievals(workdir)
+
+
+def _show_retrievals(workdir: Path, n_users: int = 3, k: int = 5) -> None:
+    from leadre_model.data.store import load_ads
+    from leadre_model.index.sid_index import load_index
+    from leadre_model.llm.decode import constrained_beam_search
+    from leadre_model.llm.model import load_model
+    from leadre_model.llm.tokenizer import level_token_ids
+    from leadre_model.prompts.tasks import build_samples
+    from leadre_model.train.pipeline import TRAIN_PRESETS
+
+    index = load_index(workdir / "index")
+    model, tok, _ = load_model(workdir / "model", expected_index_digest=index.digest())
+    ads = {a.ad_id: a for a in load_ads(workdir / "world")}
+    samples = build_samples(workdir / "world", index, TRAIN_PRESETS["demo"].prompts, ["main"],
+                            "test")[:n_users]
+    hits = constrained_beam_search(model, tok, [s["prompt"] for s in samples], index.build_trie(),
+                                   level_token_ids(tok, index.level_sizes), beam_width=20, top_k=k)
+    for sample, user_hits in zip(samples, hits, strict=True):
+        console.rule(f"user {sample['user_id']}")
+        console.print(sample["prompt"], highlight=False, markup=False)
+        truth = ads[sample["target_ad"]]
+        table = Table(title=f"top {k} decoded ads (held-out next ad: {truth.ad_id} {truth.name})")
+        for col in ("#", "ad", "name", "category", "eCPM", "log-prob"):
+            table.add_column(col)
+        for rank, hit in enumerate(user_hits, 1):
+            ad = ads[index.ad_ids[hit.row]]
+            mark = " ✓" if ad.ad_id == truth.ad_id else ""
+            table.add_row(str(rank), ad.ad_id + mark, ad.name, ad.category_l2, f"{ad.ecpm:.2f}",
+                          f"{hit.logprob:.2f}")
+        console.print(table)
 
 
 def _show_examples(workdir: Path, n: int = 5) -> None:

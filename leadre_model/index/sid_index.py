@@ -71,7 +71,9 @@ class SidIndex:
         return h.hexdigest()
 
     def build_trie(self) -> SidTrie:
-        return SidTrie.build(self.codes, np.arange(len(self), dtype=np.int64), active=self.active)
+        # Full codebook widths, so the trie's masks line up with the LLM's S-ID vocabulary.
+        return SidTrie.build(self.codes, np.arange(len(self), dtype=np.int64), active=self.active,
+                             level_sizes=self.level_sizes)
 
 
 def save_index(

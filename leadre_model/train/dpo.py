@@ -78,7 +78,11 @@ def train_dpo(
 ) -> list[dict[str, float]]:
     """DPO on ``model`` in place against a frozen copy of it; returns the log history."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
+
+    (enable_progress_bar if progress else disable_progress_bar)()
 
     if not pairs:
         raise ValueError("no preference pairs: every candidate pair had near-equal eCPM")
@@ -105,5 +109,7 @@ def train_dpo(
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                              train_dataset=Dataset.from_list([dict(p) for p in pairs]),
                              processing_class=tokenizer)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # no per-step log dicts
         trainer.train()
         return [h for h in trainer.state.log_history if "loss" in h]

@@ -75,7 +75,11 @@ def train_stage(
 ) -> list[dict[str, float]]:
     """One SFT pass over ``samples``; returns TRL's log history (loss per logging step)."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
+
+    (enable_progress_bar if progress else disable_progress_bar)()
 
     if not samples:
         raise ValueError("no training samples for this stage")
@@ -105,6 +109,8 @@ def train_stage(
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # no per-step log dicts
         trainer.train()
         return [h for h in trainer.state.log_history if "loss" in h]
 

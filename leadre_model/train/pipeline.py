@@ -1,0 +1,116 @@
+"""The whole alignment run (§4.2-4.3): samples → tokenizer → model → curriculum SFT → DPO
+→ a saved model tied to the S-ID index. `leadre train` and `make demo` call this."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from leadre_model.config import _Config
+from leadre_model.data.store import load_ads
+from leadre_model.index.sid_index import SidIndex, load_index
+from leadre_model.llm.decode import constrained_beam_search
+from leadre_model.llm.model import LLMConfig, build_model, save_model
+from leadre_model.llm.tokenizer import TokenizerConfig, level_token_ids, train_tokenizer
+from leadre_model.prompts.config import PromptConfig
+from leadre_model.prompts.tasks import build_samples
+from leadre_model.train.dpo import DPO_PRESETS, DPOStageConfig, preference_pairs, train_dpo
+from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig, parse_curriculum, run_curriculum
+
+
+class TrainConfig(_Config):
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    curriculum: str = "ex>im>main"
+    sft: SFTStageConfig = Field(default_factory=lambda: SFT_PRESETS["tiny"])
+    dpo: DPOStageConfig | None = Field(default_factory=lambda: DPO_PRESETS["tiny"])
+    dpo_users: int = Field(default=400, ge=1, description="main-task samples used for DPO pairs")
+    max_samples_per_task: int | None = Field(default=None, ge=1)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # Finishes in minutes on 2 CPU cores: short prompts, capped samples, 2 SFT epochs.
+    "demo": TrainConfig(
+        prompts=PromptConfig(max_behaviors=15, token_budget=384),
+        sft=SFT_PRESETS["tiny"].model_copy(update={"epochs": 2}),
+        dpo_users=150,
+        max_samples_per_task=700,
+    ),
+    "tiny": TrainConfig(),
+    # The paper's hyper-parameters (§5.1) for a real checkpoint: pass --base PATH.
+    "paper": TrainConfig(sft=SFT_PRESETS["paper"], dpo=DPO_PRESETS["paper"]),
+}
+
+
+def _tasks(curriculum: str) -> list[str]:
+    return sorted({t for stage in parse_curriculum(curriculum) for t in stage})
+
+
+def _cap(samples: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
+    return samples if n is None else samples[:n]
+
+
+def train_leadre(
+    world: Path, index_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True
+) -> dict[str, Any]:
+    """Train and save; returns a summary (stage logs, sample counts, wall times)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    index = load_index(index_dir)
+    tasks = _tasks(cfg.curriculum)
+    samples = build_samples(world, index, cfg.prompts, tasks, "train")
+    by_task = {t: _cap([s for s in samples if s["task"] == t], cfg.max_samples_per_task)
+               for t in tasks}
+    timings["samples_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    corpus = [s["prompt"] for group in by_task.values() for s in group]
+    tokenizer = train_tokenizer(corpus, index.level_sizes, cfg=cfg.tokenizer)
+    model, tokenizer = build_model(cfg.llm, tokenizer)
+    timings["tokenizer_model_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sft_logs = run_curriculum(model, tokenizer, by_task, cfg.curriculum, cfg.sft, progress)
+    timings["sft_s"] = time.perf_counter() - t0
+
+    dpo_log: list[dict[str, float]] = []
+    n_pairs = 0
+    if cfg.dpo is not None:
+        t0 = time.perf_counter()
+        pairs = dpo_pairs(model, tokenizer, index, world, by_task["main"][: cfg.dpo_users], cfg.dpo)
+        n_pairs = len(pairs)
+        dpo_log = train_dpo(model, tokenizer, pairs, cfg.dpo, progress) if pairs else []
+        timings["dpo_s"] = time.perf_counter() - t0
+
+    summary = {
+        "config": cfg.model_dump(),
+        "samples": {t: len(v) for t, v in by_task.items()},
+        "dpo_pairs": n_pairs,
+        "sft": sft_logs,
+        "dpo": dpo_log,
+        "timings": timings,
+    }
+    save_model(model, tokenizer, out, index.digest(), extra={"train": summary})
+    (Path(out) / "train_log.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def dpo_pairs(model: Any, tokenizer: Any, index: SidIndex, world: Path,
+              samples: Sequence[dict[str, Any]], cfg: DPOStageConfig) -> list[dict[str, str]]:
+    """Pairs (§4.3.2) from the SFT model's own top decodes; see train/dpo.py."""
+    trie = index.build_trie()
+    ids = level_token_ids(tokenizer, index.level_sizes)
+    hits = constrained_beam_search(model, tokenizer, [s["prompt"] for s in samples], trie, ids,
+                                   beam_width=cfg.candidates)
+    candidates = [[index.ad_ids[h.row] for h in hs] for hs in hits]
+    ads = {a.ad_id: a for a in load_ads(world)}
+    ecpm = {a: ads[a].ecpm for a in index.ad_ids}
+    sid_of = {a: index.sid(i) for i, a in enumerate(index.ad_ids)}
+    return preference_pairs(samples, candidates, ecpm, sid_of, cfg)
+
