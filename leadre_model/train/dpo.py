@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import random
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.config import _Config
+from leadre_model.train.sft import run_trainer
 
 
 class DPOStageConfig(_Config):
@@ -77,39 +77,12 @@ def train_dpo(
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """DPO on ``model`` in place against a frozen copy of it; returns the log history."""
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
-
-    (enable_progress_bar if progress else disable_progress_bar)()
 
     if not pairs:
         raise ValueError("no preference pairs: every candidate pair had near-equal eCPM")
     ref_model = copy.deepcopy(model).eval()
     for p in ref_model.parameters():
         p.requires_grad_(False)
-    with tempfile.TemporaryDirectory(prefix="leadre-dpo-") as tmp:
-        args = DPOConfig(
-            output_dir=tmp,
-            beta=cfg.beta,
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.lr,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            max_length=cfg.max_length,
-            logging_steps=cfg.logging_steps,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=cfg.seed,
-            dataloader_num_workers=0,
-            disable_tqdm=not progress,
-        )
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
-                             train_dataset=Dataset.from_list([dict(p) for p in pairs]),
-                             processing_class=tokenizer)
-        if not progress:
-            trainer.remove_callback(PrinterCallback)  # no per-step log dicts
-        trainer.train()
-        return [h for h in trainer.state.log_history if "loss" in h]
+    return run_trainer(DPOTrainer, DPOConfig, model, tokenizer, pairs, cfg, progress,
+                       trainer_kwargs={"ref_model": ref_model}, beta=cfg.beta)

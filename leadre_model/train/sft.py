@@ -66,38 +66,33 @@ def parse_curriculum(spec: str) -> list[list[str]]:
     return stages
 
 
-def train_stage(
+def run_trainer(
+    trainer_cls: Any,
+    config_cls: Any,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[Mapping[str, Any]],
-    cfg: SFTStageConfig,
-    progress: bool = True,
+    rows: Sequence[Mapping[str, Any]],
+    cfg: SFTStageConfig | Any,
+    progress: bool,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    **extra: Any,
 ) -> list[dict[str, float]]:
-    """One SFT pass over ``samples``; returns TRL's log history (loss per logging step)."""
+    """Run one TRL trainer (SFT or DPO) on CPU with the settings both share (``extra`` goes
+    to the trainer's config, ``trainer_kwargs`` to the trainer); returns the log history
+    entries that carry a loss."""
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
 
     (enable_progress_bar if progress else disable_progress_bar)()
-
-    if not samples:
-        raise ValueError("no training samples for this stage")
-    rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
-    with tempfile.TemporaryDirectory(prefix="leadre-sft-") as tmp:
-        args = SFTConfig(
+    with tempfile.TemporaryDirectory(prefix="leadre-trl-") as tmp:
+        args = config_cls(
             output_dir=tmp,
             num_train_epochs=cfg.epochs,
             learning_rate=cfg.lr,
-            lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr": cfg.min_lr},
-            warmup_steps=cfg.warmup_ratio,
             per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.grad_accum,
-            weight_decay=cfg.weight_decay,
-            optim="adamw_torch",
             max_length=cfg.max_length,
-            completion_only_loss=True,
             logging_steps=cfg.logging_steps,
             save_strategy="no",
             report_to=[],
@@ -106,13 +101,39 @@ def train_stage(
             data_seed=cfg.seed,
             dataloader_num_workers=0,
             disable_tqdm=not progress,
+            **extra,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
+        trainer = trainer_cls(model=model, args=args, processing_class=tokenizer,
+                              train_dataset=Dataset.from_list([dict(r) for r in rows]),
+                              **(trainer_kwargs or {}))
         if not progress:
             trainer.remove_callback(PrinterCallback)  # no per-step log dicts
         trainer.train()
         return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def train_stage(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[Mapping[str, Any]],
+    cfg: SFTStageConfig,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """One SFT pass over ``samples``; returns TRL's log history (loss per logging step)."""
+    from trl import SFTConfig, SFTTrainer
+
+    if not samples:
+        raise ValueError("no training samples for this stage")
+    rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
+    return run_trainer(
+        SFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": cfg.min_lr},
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch",
+        completion_only_loss=True,
+    )
 
 
 def run_curriculum(
