@@ -101,6 +101,8 @@ def run_trainer(
             data_seed=cfg.seed,
             dataloader_num_workers=0,
             disable_tqdm=not progress,
+            # TRL turns recomputation on by default; it only costs time at these sizes.
+            activation_checkpointing=False,
             **extra,
         )
         trainer = trainer_cls(model=model, args=args, processing_class=tokenizer,
