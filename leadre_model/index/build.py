@@ -34,15 +34,19 @@ from leadre_model.index.text import ad_text
 def _assign(
     model: RQVAE, emb: np.ndarray, balance: bool, frozen_codes: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """M-level codes for ``emb``; with ``frozen_codes`` the first rows keep theirs."""
+    """M-level codes for ``emb``. With ``frozen_codes`` (existing ads' codes) the result
+    covers old + new rows: old rows keep their codes and are never moved by balancing, so
+    only the new embeddings are encoded."""
     codes, last_res = model.encode_codes(emb)
     stats = {"before_balance": collision_stats(codes)}
+    frozen = np.zeros(len(codes), dtype=bool)
     if frozen_codes is not None:
-        codes[: len(frozen_codes)] = frozen_codes
+        codes = np.concatenate([frozen_codes, codes])
+        # Frozen rows always keep their code, so their residuals never enter a decision.
+        last_res = np.concatenate([np.zeros((len(frozen_codes), last_res.shape[1]),
+                                            dtype=last_res.dtype), last_res])
+        frozen = np.r_[np.ones(len(frozen_codes), dtype=bool), frozen]
     if balance:
-        frozen = np.zeros(len(codes), dtype=bool)
-        if frozen_codes is not None:
-            frozen[: len(frozen_codes)] = True
         last_cb = model.quantizer.codebooks.detach()[-1].numpy()
         codes = balance_last_level(codes, last_res, last_cb, frozen)
     stats["after_balance"] = collision_stats(codes)
@@ -111,9 +115,9 @@ def add_ads(
     model = load_rqvae(index_dir)
     trie = load_trie(index_dir)
     old_emb = load_embeddings(index_dir)
-    fresh = [a for a in new_ads if a.ad_id not in index._row_of]
+    fresh = [a for a in new_ads if a.ad_id not in index]
     for ad in new_ads:
-        if ad.ad_id in index._row_of:
+        if ad.ad_id in index:
             row = index.row_of(ad.ad_id)
             want = ad.status is AdStatus.ACTIVE
             if index.active[row] != want:
@@ -123,9 +127,8 @@ def add_ads(
         emb = TextEmbedder(index.config.embed, cache_path).embed(
             [_text(a, index.config) for a in fresh], progress=progress
         )
-        both = np.concatenate([old_emb, emb])
         codes_m, _ = _assign(
-            model, both, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
+            model, emb, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
         )
         new_codes = add_disambiguation(codes_m[len(index):], existing=index.codes)
         rows = np.arange(len(index), len(index) + len(fresh), dtype=np.int64)
@@ -136,10 +139,7 @@ def add_ads(
             config=index.config,
             stats={**index.stats, "added": index.stats.get("added", 0) + len(fresh)},
         )
-        trie.add(new_codes, rows)
-        for row, ad in zip(rows, fresh):
-            if ad.status is not AdStatus.ACTIVE:
-                trie.pause(np.array([row]))
-        old_emb = both
+        trie.add(new_codes, rows, active=index.active[rows])
+        old_emb = np.concatenate([old_emb, emb])
     save_index(index_dir, index, model, old_emb, trie)
     return index, [a.ad_id for a in fresh]

@@ -48,6 +48,9 @@ class SidIndex:
     def __len__(self) -> int:
         return len(self.ad_ids)
 
+    def __contains__(self, ad_id: object) -> bool:
+        return ad_id in self._row_of
+
     @property
     def level_sizes(self) -> list[int]:
         k = self.config.rqvae.codebook_size
