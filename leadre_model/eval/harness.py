@@ -1,0 +1,320 @@
+"""Evaluation harness (§5): one leave-one-out split, every retriever on the same test cases.
+
+Split (:mod:`leadre_model.data.split`): per user, targets are the positive ad events
+(click, conversion; a conversion right after its own click is the same interaction); the
+last is the test target, the one before the validation target, earlier ones are training
+targets. Only ads of the world's catalog are targets; a target outside it is skipped.
+
+What a retriever sees: an :class:`EvalCase` per test user — the profile and *all* positive
+behaviours (ads and content) before the target, the target's time, and the earlier targets
+as :attr:`EvalCase.ad_history`. It answers with ad ids (strings), best first, so LEADRE
+(prompt → constrained decoding → S-ID → ad id) plugs in beside the baselines.
+
+Item-ID baselines (popularity, item-CF, SASRec) see only ``ad_history``: the sequence of
+earlier *targets* (positive ad events, click→conversion merged), not content behaviour.
+They are trained on each user's training targets and early-stop on the validation target;
+at test time the history also holds the validation target (the standard SASRec protocol).
+
+Figures on the test targets (full ranking over the catalog):
+HR@1/4/8 and NDCG@4/8 (paper); Recall@5/10 and NDCG@5/10 (TIGER); concentration and
+abundance of categories in the top ``list_k``; LTRR@K against the item-CF branch's top-K
+(see :func:`~leadre_model.eval.metrics.ltrr_at_k`); business value = mean eCPM of the top
+``list_k``; invalid-output rate = share of returned ids that are not active ads (those also
+count as misses everywhere else); Dice of the top ``dice_k`` with the first ``d``
+behaviours removed vs. the full history (Fig. 5), for each ``d`` in ``dice_drops``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from leadre_model.data.records import AdStatus, Behavior, User
+from leadre_model.data.split import iter_user_histories, leave_one_out, target_indices
+from leadre_model.data.store import load_ads
+from leadre_model.eval import metrics as M
+from leadre_model.eval.baselines import (
+    ItemCF,
+    ItemCFConfig,
+    ItemRecommender,
+    Popularity,
+    SASRec,
+    SASRecConfig,
+)
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hr_ks: tuple[int, ...] = (1, 4, 8)
+    ndcg_ks: tuple[int, ...] = (4, 5, 8, 10)
+    recall_ks: tuple[int, ...] = (5, 10)
+    ltrr_ks: tuple[int, ...] = (4, 8)
+    list_k: int = Field(8, ge=1, description="K of concentration, abundance, business value")
+    dice_k: int = Field(8, ge=1)
+    dice_drops: tuple[int, ...] = (1, 2, 4)
+    category_field: Literal["category_l1", "category_l2"] = "category_l1"
+    max_test_users: int | None = Field(None, ge=1, description="seeded subsample of test users")
+    merge_conversions: bool = True
+    itemcf: ItemCFConfig = ItemCFConfig()
+    seed: int = 0
+    progress: bool = True
+
+    @property
+    def max_k(self) -> int:
+        return max((*self.hr_ks, *self.ndcg_ks, *self.recall_ks, *self.ltrr_ks, self.list_k,
+                    self.dice_k))
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One user at one target: what a retriever may look at (module doc)."""
+
+    user: User
+    behaviors: list[Behavior]  # positive behaviours before the target, oldest first
+    now_ts: int  # the target's time (prompts count "N days ago" from it)
+    ad_positions: list[int]  # indices into behaviors of the earlier targets
+
+    @property
+    def ad_history(self) -> list[str]:
+        return [self.behaviors[i].item_id for i in self.ad_positions]
+
+    def truncated(self, drop: int) -> EvalCase:
+        """The same case with its ``drop`` oldest behaviours removed (Fig. 5)."""
+        return EvalCase(self.user, self.behaviors[drop:], self.now_ts,
+                        [i - drop for i in self.ad_positions if i >= drop])
+
+
+@dataclass
+class EvalData:
+    """The split, the catalog as arrays over integer ad ids, and the test cases."""
+
+    ad_ids: list[str]
+    index: dict[str, int]
+    active: np.ndarray  # bool per ad
+    ecpm: np.ndarray
+    category: np.ndarray  # integer category code per ad (cfg.category_field)
+    train_sequences: list[list[int]]
+    valid_histories: list[list[int]]
+    valid_targets: list[int]
+    test_cases: list[EvalCase]
+    test_histories: list[list[int]]
+    test_targets: np.ndarray
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def active_ids(self) -> frozenset[str]:
+        return frozenset(a for a, ok in zip(self.ad_ids, self.active) if ok)
+
+    def to_ints(self, ads: Sequence[str]) -> list[int]:
+        return [self.index[a] for a in ads if a in self.index]
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that turns test cases into ranked ad ids."""
+
+    name: str
+
+    def recommend(self, histories: Sequence[EvalCase], k: int) -> list[list[str]]: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A retriever the harness trains on the split before testing it."""
+
+    def fit_eval(self, data: EvalData) -> None: ...
+
+
+class ItemIdRetriever:
+    """Adapts an integer-id :class:`ItemRecommender` to the ad-id :class:`Retriever`
+    protocol; ``make`` builds the model from the data (vocabulary size, masks).
+
+    ``exclude_seen`` masks the ads of the case's ad history before ranking. Off by default
+    (ads are re-clicked in a real ad system); on amazon-toys no test item ever occurs in its
+    own history, and a model with tied input/output embeddings tends to rank the last item
+    first, so the bench reports both."""
+
+    def __init__(self, name: str, make: Callable[[EvalData], ItemRecommender],
+                 exclude_seen: bool = False) -> None:
+        self.name, self.make, self.exclude_seen = name, make, exclude_seen
+        self.data: EvalData | None = None
+        self.model: ItemRecommender | None = None
+
+    def fit_eval(self, data: EvalData) -> None:
+        self.data, self.model = data, self.make(data)
+        self.model.fit(data.train_sequences, (data.valid_histories, data.valid_targets))
+
+    def recommend(self, histories: Sequence[EvalCase], k: int) -> list[list[str]]:
+        if self.data is None or self.model is None:
+            raise RuntimeError(f"{self.name}: fit_eval first")
+        ids = [self.data.to_ints(c.ad_history) for c in histories]
+        ranked = self.model.recommend(ids, k, self.exclude_seen)
+        return [[self.data.ad_ids[i] for i in row if i != M.INVALID] for row in ranked]
+
+
+BASELINES = ("popularity", "popularity_ecpm", "itemcf", "sasrec_ce", "sasrec_bce")
+
+
+def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasrec_bce"),
+                        sasrec: SASRecConfig | None = None, itemcf: ItemCFConfig | None = None,
+                        progress: bool = True, exclude_seen: bool = False) -> list[ItemIdRetriever]:
+    """The named baselines (:data:`BASELINES`), restricted to active ads."""
+    sas = sasrec or SASRecConfig()
+    makers: dict[str, Callable[[EvalData], ItemRecommender]] = {
+        "popularity": lambda d: Popularity(len(d.ad_ids), allowed=d.active),
+        "popularity_ecpm": lambda d: Popularity(len(d.ad_ids), ecpm=d.ecpm, allowed=d.active),
+        "itemcf": lambda d: ItemCF(len(d.ad_ids), itemcf, allowed=d.active),
+        "sasrec_ce": lambda d: SASRec(len(d.ad_ids), sas.model_copy(update={"loss": "ce"}),
+                                      allowed=d.active, progress=progress),
+        "sasrec_bce": lambda d: SASRec(len(d.ad_ids), sas.model_copy(update={"loss": "bce"}),
+                                       allowed=d.active, progress=progress),
+    }
+    unknown = set(names) - set(makers)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; expected among {BASELINES}")
+    return [ItemIdRetriever(n, makers[n], exclude_seen) for n in names]
+
+
+def build_eval_data(world: Path, cfg: EvalConfig | None = None) -> EvalData:
+    cfg = cfg or EvalConfig()
+    ads = load_ads(world)
+    ad_ids = [a.ad_id for a in ads]
+    index = {a: i for i, a in enumerate(ad_ids)}
+    _, category = np.unique([getattr(a, cfg.category_field) for a in ads], return_inverse=True)
+    train, vh, vt, cases, th, tt = [], [], [], [], [], []
+    skipped = 0
+    users = iter_user_histories(world, positive_only=True)
+    for h in tqdm(users, desc="split", unit=" users", disable=not cfg.progress):
+        split = leave_one_out(h, cfg.merge_conversions)
+        targets = target_indices(h, cfg.merge_conversions)
+        known = [i for i in targets if h.behaviors[i].item_id in index]
+        skipped += len(targets) - len(known)
+        seq = {i: index[h.behaviors[i].item_id] for i in known}
+        train.append([seq[i] for i in split.train_targets if i in seq])
+        if split.valid in seq:
+            vh.append(train[-1])
+            vt.append(seq[split.valid])
+        if split.test in seq:
+            before = [j for j in known if j < split.test]
+            cases.append(EvalCase(h.user, h.behaviors[: split.test], h.behaviors[split.test].ts,
+                                  before))
+            th.append([seq[j] for j in before])
+            tt.append(seq[split.test])
+    if cfg.max_test_users is not None and len(cases) > cfg.max_test_users:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(cases), cfg.max_test_users,
+                                                               replace=False))
+        cases, th, tt = [cases[i] for i in keep], [th[i] for i in keep], [tt[i] for i in keep]
+    active = np.array([a.status is AdStatus.ACTIVE for a in ads], dtype=bool)
+    tt_arr = np.asarray(tt, dtype=np.int64)
+    return EvalData(
+        ad_ids=ad_ids, index=index, active=active,
+        ecpm=np.array([a.ecpm for a in ads], dtype=np.float64), category=category,
+        train_sequences=train, valid_histories=vh, valid_targets=vt,
+        test_cases=cases, test_histories=th, test_targets=tt_arr,
+        stats={"users": len(train), "ads": len(ads), "active_ads": int(active.sum()),
+               "train_targets": sum(map(len, train)), "valid": len(vt), "test": len(cases),
+               "test_targets_inactive": int((~active[tt_arr]).sum()) if len(tt) else 0,
+               "targets_outside_catalog": skipped},
+    )
+
+
+def _ranked(out: list[list[str]], data: EvalData, k: int) -> np.ndarray:
+    """Ad ids → integer ids, ``-1`` for anything that is not an active ad; padded to ``k``."""
+    r = np.full((len(out), k), M.INVALID, dtype=np.int64)
+    for u, row in enumerate(out):
+        for j, a in enumerate(row[:k]):
+            i = data.index.get(a, M.INVALID)
+            r[u, j] = i if i != M.INVALID and data.active[i] else M.INVALID
+    return r
+
+
+def score(out: list[list[str]], data: EvalData, labels: np.ndarray, cfg: EvalConfig) -> dict:
+    """Every figure of one retriever's test outputs (module doc)."""
+    r, t = _ranked(out, data, cfg.max_k), data.test_targets
+    res: dict[str, float] = {}
+    for k in cfg.hr_ks:
+        res[f"hr@{k}"] = M.hit_rate_at_k(r, t, k)
+    for k in cfg.ndcg_ks:
+        res[f"ndcg@{k}"] = M.ndcg_at_k(r, t, k)
+    for k in cfg.recall_ks:
+        res[f"recall@{k}"] = M.recall_at_k(r, t, k)
+    res[f"concentration@{cfg.list_k}"] = M.concentration_at_k(r, data.category, cfg.list_k)
+    res[f"abundance@{cfg.list_k}"] = M.abundance_at_k(r, data.category, cfg.list_k)
+    for k in cfg.ltrr_ks:
+        res[f"ltrr@{k}"] = M.ltrr_at_k(r, labels[:, :k], k)
+    res[f"ecpm@{cfg.list_k}"] = M.business_value_at_k(r, data.ecpm, cfg.list_k)
+    res["invalid_rate"] = M.invalid_output_rate(out, data.active_ids)
+    return res
+
+
+def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | None = None,
+             data: EvalData | None = None, fit: bool = True) -> dict:
+    """Split ``world``, train what is :class:`Trainable`, test every retriever; returns
+    ``{"config", "data", "ltrr_labels", "retrievers": {name: {figure: value}}}``. Pass
+    ``data`` (from :func:`build_eval_data` with the same config) to reuse a split, and
+    ``fit=False`` to test retrievers already trained on it (e.g. again with other options)."""
+    cfg = cfg or EvalConfig()
+    data = data or build_eval_data(Path(world), cfg)
+    cf = ItemCF(len(data.ad_ids), cfg.itemcf, allowed=data.active).fit(data.train_sequences)
+    # Asked for max_k like every retriever, so ties at the cut fall the same way.
+    labels = cf.recommend(data.test_histories, cfg.max_k)[:, : max(cfg.ltrr_ks)]
+    results: dict = {
+        "world": str(world), "config": cfg.model_dump(mode="json"), "data": data.stats,
+        "ltrr_labels": f"itemcf top-K from training targets ({cfg.itemcf.model_dump()})",
+        "retrievers": {},
+    }
+    for r in retrievers:
+        t0 = time.perf_counter()
+        if fit and isinstance(r, Trainable):
+            r.fit_eval(data)
+        t1 = time.perf_counter()
+        out = r.recommend(data.test_cases, cfg.max_k)
+        t2 = time.perf_counter()
+        res = score(out, data, labels, cfg)
+        full = [row[: cfg.dice_k] for row in out]
+        for d in cfg.dice_drops:
+            # Fig. 5: only users who keep at least one behaviour after the cut.
+            keep = [u for u, c in enumerate(data.test_cases) if len(c.behaviors) > d]
+            cut = r.recommend([data.test_cases[u].truncated(d) for u in keep], cfg.dice_k)
+            res[f"dice_drop{d}@{cfg.dice_k}"] = M.mean_dice([full[u] for u in keep], cut)
+        res.update(fit_s=t1 - t0, recommend_s=t2 - t1)
+        results["retrievers"][r.name] = res
+    return results
+
+
+def render_table(results: dict, digits: int = 4) -> str:
+    """Markdown table: one row per retriever, one column per figure."""
+    rows = results["retrievers"]
+    if not rows:
+        return "(no retrievers)"
+    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    lines = ["| retriever | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") else f"{r[c]:.{digits}f}")
+                 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BASELINES",
+    "EvalCase",
+    "EvalConfig",
+    "EvalData",
+    "ItemIdRetriever",
+    "Retriever",
+    "Trainable",
+    "baseline_retrievers",
+    "build_eval_data",
+    "evaluate",
+    "render_table",
+    "score",
+]
