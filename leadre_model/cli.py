@@ -6,21 +6,18 @@ into one clear message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from leadre_model.clikit import console, friendly
 from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, TextConfig, preset_for
-from leadre_model.data.errors import DataValidationError
+from services.cli import pipeline_app, serve_app
 
 app = typer.Typer(help="LEADRE: LLM-based generative ad retrieval.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -29,32 +26,8 @@ data_app = typer.Typer(help="Build or import a world (ads, content, users, behav
 index_app = typer.Typer(help="The ad index: semantic IDs and trie.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
-
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(fn: F) -> F:
-    """Report expected errors as one message (file:line where known) and exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DataValidationError as exc:
-            for e in exc.errors:
-                err_console.print(f"[red]error[/red] {e}", highlight=False, soft_wrap=True)
-            if exc.total > len(exc.errors):
-                err_console.print(f"... and {exc.total - len(exc.errors)} more bad row(s)")
-            err_console.print("nothing was written")
-            raise typer.Exit(1) from None
-        except (FileNotFoundError, ValueError, KeyError, ValidationError) as exc:
-            err_console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
+app.add_typer(serve_app, name="serve")
+app.add_typer(pipeline_app, name="pipeline")
 
 def _print_counts(title: str, manifest: dict[str, Any]) -> None:
     counts = manifest.get("counts", manifest)

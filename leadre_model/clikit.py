@@ -1,0 +1,39 @@
+"""Shared by every `leadre` command: the consoles and the error policy (one clear message,
+exit 1, never a traceback)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from leadre_model.data.errors import DataValidationError
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Report expected errors as one message (file:line where known) and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DataValidationError as exc:
+            for e in exc.errors:
+                err_console.print(f"[red]error[/red] {e}", highlight=False, soft_wrap=True)
+            if exc.total > len(exc.errors):
+                err_console.print(f"... and {exc.total - len(exc.errors)} more bad row(s)")
+            err_console.print("nothing was written")
+            raise typer.Exit(1) from None
+        except (FileNotFoundError, ValueError, KeyError, ValidationError) as exc:
+            err_console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]

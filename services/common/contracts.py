@@ -1,0 +1,77 @@
+"""Contracts between serving processes: Redis key names, catalog events, the Triton
+model's tensors and the retrieval result. One place, so the inference service, the
+nearline worker and the user server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- Triton model `leadre_retrieval` (services/inference) --------------------------------
+TRITON_MODEL = "leadre_retrieval"
+# Inputs (batch axis first, dynamic batching on):
+#   prompt      BYTES [1]  utf-8 prompt text, built by leadre_model.prompts.PromptBuilder
+#   beam_width  INT32 [1]  B, beams per level
+#   top_k       INT32 [1]  ads returned (<= B)
+# Outputs (padded to top_k; padding: ad_ids b"", scores -inf):
+#   ad_ids              BYTES [top_k]
+#   scores              FP32  [top_k]   summed full-vocabulary log-probs (llm/decode.py)
+#   advertiser_ids      BYTES [top_k]
+#   advertiser_scores   FP32  [top_k]
+#   model_version       BYTES [1]
+IN_PROMPT, IN_BEAM, IN_TOPK = "prompt", "beam_width", "top_k"
+OUT_ADS, OUT_SCORES = "ad_ids", "scores"
+OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_scores", "model_version"
+
+# --- Redis keys ---------------------------------------------------------------------------
+CATALOG_STREAM = "leadre:catalog"  # CatalogEvent entries; every inference instance applies them
+INSTANCES_KEY = "leadre:inference:instances"  # hash url -> last heartbeat (unix seconds)
+BALANCE_COUNTER = "leadre:inference:rr"  # global round-robin counter (INCR)
+
+
+class CatalogOp(StrEnum):
+    ADD = "add"  # a new ad with its S-ID codes
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class CatalogEvent(BaseModel):
+    """One catalog change, appended to ``CATALOG_STREAM`` as flat string fields
+    (``op``, ``ad_id``, and for ``add`` ``codes`` = space-separated ints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: CatalogOp
+    ad_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    codes: tuple[int, ...] | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {"op": self.op.value, "ad_id": self.ad_id}
+        if self.codes is not None:
+            fields["codes"] = " ".join(map(str, self.codes))
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> CatalogEvent:
+        codes = fields.get("codes")
+        return cls(op=fields.get("op"), ad_id=fields.get("ad_id"),
+                   codes=tuple(int(c) for c in codes.split()) if codes else None)
+
+
+class RetrievedAd(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ad_id: str
+    score: float
+
+
+class Retrieval(BaseModel):
+    """What one prompt gets back from the inference service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ads: list[RetrievedAd]
+    advertisers: list[RetrievedAd] = Field(default_factory=list, description="ad_id = advertiser id")
+    model_version: str
