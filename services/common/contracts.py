@@ -15,13 +15,17 @@ TRITON_MODEL = "leadre_retrieval"
 #   prompt      BYTES [1]  utf-8 prompt text, built by leadre_model.prompts.PromptBuilder
 #   beam_width  INT32 [1]  B, beams per level
 #   top_k       INT32 [1]  ads returned (<= B)
+#   advertiser_prompt BYTES [1], optional: the same user's advertiser-task prompt (the
+#               builder's advertiser question). Given and the model was trained with the
+#               `adv` task: advertisers are decoded through the advertiser trie. Empty or
+#               absent: priors = softmax mass of the returned ads summed per advertiser.
 # Outputs (padded to top_k; padding: ad_ids b"", scores -inf):
 #   ad_ids              BYTES [top_k]
 #   scores              FP32  [top_k]   summed full-vocabulary log-probs (llm/decode.py)
 #   advertiser_ids      BYTES [top_k]
 #   advertiser_scores   FP32  [top_k]
 #   model_version       BYTES [1]
-IN_PROMPT, IN_BEAM, IN_TOPK = "prompt", "beam_width", "top_k"
+IN_PROMPT, IN_BEAM, IN_TOPK, IN_ADV_PROMPT = "prompt", "beam_width", "top_k", "advertiser_prompt"
 OUT_ADS, OUT_SCORES = "ad_ids", "scores"
 OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_scores", "model_version"
 
