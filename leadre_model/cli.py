@@ -17,6 +17,7 @@ from rich.table import Table
 
 from leadre_model.clikit import console, friendly
 from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, TextConfig, preset_for
+from leadre_model.experiments.cli import experiment_app
 from services.cli import pipeline_app, serve_app
 
 app = typer.Typer(help="LEADRE: LLM-based generative ad retrieval.", no_args_is_help=True,
@@ -28,6 +29,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(serve_app, name="serve")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(experiment_app, name="experiment")
 
 def _print_counts(title: str, manifest: dict[str, Any]) -> None:
     counts = manifest.get("counts", manifest)
@@ -214,6 +216,47 @@ def train(
     t = summary["timings"]
     console.print(f"model → {out}  samples {summary['samples']}  DPO pairs {summary['dpo_pairs']}  "
                   + "  ".join(f"{k} {v:.0f}" for k, v in t.items()))
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    world: Path = typer.Option(..., help="world directory (split leave-one-out per user)"),
+    model: list[Path] = typer.Option([], help="trained LEADRE model directory (repeatable)"),
+    index: Path | None = typer.Option(None, help="index directory the models were trained on"),
+    baselines: str = typer.Option("popularity,itemcf,sasrec_ce",
+                                  help="comma-separated: popularity, popularity_ecpm, itemcf, "
+                                  "sasrec_ce, sasrec_bce ('' for none)"),
+    beam: int = typer.Option(20, min=1, help="beam width B for LEADRE"),
+    max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
+    out: Path | None = typer.Option(None, help="write results.json and results.md here"),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True),
+) -> None:
+    """HR@K, NDCG@K, Recall@K, diversity, LTRR@K, eCPM@K, invalid rate and Dice for LEADRE
+    models and baselines on one leave-one-out split (see leadre_model/eval/harness.py)."""
+    from leadre_model.eval.harness import EvalConfig, baseline_retrievers, evaluate, render_table
+    from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
+
+    if model and index is None:
+        raise ValueError("--model needs --index (the index the model was trained on)")
+    cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress)
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    retrievers: list[Any] = baseline_retrievers(names, progress=progress)
+    lcfg = LeadreEvalConfig(beam_width=beam, progress=progress)
+    for i, m in enumerate(model):
+        name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
+        retrievers.append(LeadreRetriever(name, m, index, world, lcfg))  # type: ignore[arg-type]
+    results = evaluate(world, retrievers, cfg)
+    table = render_table(results)
+    console.print(Markdown(table))
+    console.print_json(json.dumps(results["data"]))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(f"# Evaluation of {world}\n\n{table}\n\n"
+                                        f"LTRR labels: {results['ltrr_labels']}\n")
+        console.print(f"results → {out}")
 
 
 @app.command("demo")

@@ -57,9 +57,11 @@ def _cap(samples: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
 
 
 def train_leadre(
-    world: Path, index_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True
+    world: Path, index_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
+    sft_out: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and save; returns a summary (stage logs, sample counts, wall times)."""
+    """Train and save; returns a summary (stage logs, sample counts, wall times).
+    ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b compares)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     index = load_index(index_dir)
@@ -79,6 +81,9 @@ def train_leadre(
     sft_logs = run_curriculum(model, tokenizer, by_task, cfg.curriculum, cfg.sft, progress)
     timings["sft_s"] = time.perf_counter() - t0
 
+    summary: dict[str, Any] = {"config": cfg.model_dump(), "sft": sft_logs}
+    if sft_out is not None:
+        save_model(model, tokenizer, sft_out, index.digest(), extra={"train": summary})
     dpo_log: list[dict[str, float]] = []
     n_pairs = 0
     if cfg.dpo is not None:
@@ -89,10 +94,9 @@ def train_leadre(
         timings["dpo_s"] = time.perf_counter() - t0
 
     summary = {
-        "config": cfg.model_dump(),
+        **summary,
         "samples": {t: len(v) for t, v in by_task.items()},
         "dpo_pairs": n_pairs,
-        "sft": sft_logs,
         "dpo": dpo_log,
         "timings": timings,
     }
