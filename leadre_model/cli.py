@@ -249,8 +249,14 @@ def eval_cmd(
         retrievers.append(LeadreRetriever(name, m, index, world, lcfg))  # type: ignore[arg-type]
     results = evaluate(world, retrievers, cfg)
     table = render_table(results)
-    console.print(Markdown(table))
-    console.print_json(json.dumps(results["data"]))
+    rows = results["retrievers"]
+    view = Table(title=f"leave-one-out test on {world} ({results['data']['test']} users)")
+    view.add_column("figure")
+    for name in rows:
+        view.add_column(name, justify="right")
+    for fig in dict.fromkeys(f for r in rows.values() for f in r):  # a figure per line fits
+        view.add_row(fig, *(f"{r[fig]:.4f}" if fig in r else "" for r in rows.values()))
+    console.print(view)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))

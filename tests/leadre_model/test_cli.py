@@ -98,3 +98,19 @@ def test_world_to_index_to_report_and_add(tmp_path):
     assert len(np.unique(after.codes, axis=0)) == len(after)
     trie = load_trie(index)
     assert (trie.lookup(after.codes) == np.where(after.active, np.arange(len(after)), -1)).all()
+
+
+def test_eval_baselines_writes_results_and_refuses_model_without_index(tmp_path):
+    world = tmp_path / "world"
+    assert leadre("data", "synth", "--out", str(world), "--users", "40", "--ads", "80",
+                  "--content", "80").returncode == 0
+    out = tmp_path / "eval"
+    res = leadre("eval", "--world", str(world), "--baselines", "popularity,itemcf",
+                 "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "popularity" in res.stdout and "hr@8" in res.stdout
+    assert "| itemcf |" in (out / "results.md").read_text()
+    bad = leadre("eval", "--world", str(world), "--model", str(tmp_path))
+    assert_clean_failure(bad, "--model needs --index")
+    unknown = leadre("eval", "--world", str(world), "--baselines", "oracle")
+    assert_clean_failure(unknown, "unknown baselines")
