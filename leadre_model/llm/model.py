@@ -42,6 +42,19 @@ FORMAT_VERSION = 1
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+class LoraSettings(_Config):
+    """PEFT LoRA for large checkpoints: low-rank adapters on the attention and MLP
+    projections; the added tokens' embedding rows train in full (PEFT's
+    ``trainable_token_indices``). Merged into the base weights when saved, so serving
+    loads one plain safetensors model."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
 class LLMConfig(_Config):
     """Which LM to build. ``base="tiny"``: the embedded Qwen2 below, random init (seeded);
     otherwise a local checkpoint directory (never downloaded)."""
@@ -59,6 +72,7 @@ class LLMConfig(_Config):
     trainable: Literal["all", "new_tokens"] = Field(
         default="all", description="new_tokens: only the added tokens' embedding rows train")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraSettings | None = Field(default=None, description="PEFT LoRA (checkpoint bases)")
 
     @model_validator(mode="after")
     def _heads(self) -> LLMConfig:
@@ -114,9 +128,25 @@ def build_model(
         added = extend_tokenizer(tokenizer, new_tokens)
         _resize_with_mean(model, tokenizer, tokenizer.convert_tokens_to_ids(added), cfg.seed)
     neutral_generation_config(model, tokenizer)
-    if cfg.trainable == "new_tokens":
+    if cfg.lora is not None:
+        model = with_lora(model, cfg.lora, leadre_token_ids(tokenizer, new_tokens))
+    elif cfg.trainable == "new_tokens":
         train_only_token_rows(model, leadre_token_ids(tokenizer, new_tokens))
     return model, tokenizer
+
+
+def with_lora(model: PreTrainedModel, cfg: LoraSettings, token_ids: Sequence[int]) -> PreTrainedModel:
+    """Wrap ``model`` in PEFT LoRA adapters (see :class:`LoraSettings`)."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in cfg.target_modules if t in present]
+    if not targets:
+        raise ValueError(f"LoRA: none of {cfg.target_modules} is a module of this model")
+    peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=targets, task_type="CAUSAL_LM",
+                          trainable_token_indices=list(token_ids) or None)
+    return get_peft_model(model, peft_cfg)
 
 
 def leadre_token_ids(tokenizer: PreTrainedTokenizerBase, extra: Sequence[str] = ()) -> list[int]:
@@ -166,6 +196,10 @@ def save_model(
 ) -> dict[str, Any]:
     """Write weights (safetensors), config, tokenizer and ``manifest.json`` into a temp dir
     and swap it in (readers never see half a model). Returns the manifest."""
+    if hasattr(model, "merge_and_unload"):  # PEFT: save the merged plain model
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

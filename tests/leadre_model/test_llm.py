@@ -21,6 +21,7 @@ from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import Hit, constrained_beam_search, encode_prompts, exhaustive_scores
 from leadre_model.llm.model import (
     LLMConfig,
+    LoraSettings,
     build_model,
     leadre_token_ids,
     load_model,
@@ -168,6 +169,33 @@ def test_checkpoint_path_is_extended_with_mean_rows(tmp_path: Path) -> None:
         assert torch.allclose(new.mean(0), old.mean(0), atol=0.02 * float(old.std()))
         assert new.std(0).mean() < 0.1 * old.std(0).mean()  # near the mean, not random
     assert _neutral(model.generation_config)
+
+
+def test_lora_on_a_checkpoint_trains_adapters_and_new_rows_and_saves_merged(tmp_path: Path) -> None:
+    plain = train_tokenizer(CORPUS, [])
+    base, _ = build_model(LLMConfig(hidden_size=32, intermediate_size=64, num_layers=1,
+                                    num_heads=2, num_kv_heads=1), plain)
+    base.save_pretrained(tmp_path / "ckpt")
+    plain.save_pretrained(tmp_path / "ckpt")
+    cfg = LLMConfig(base=str(tmp_path / "ckpt"), lora=LoraSettings(r=4, alpha=8))
+    model, tok = build_model(cfg, new_tokens=sid_vocabulary(SIZES))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "token_adapter" in n for n in trainable)
+    assert any("token_adapter" in n for n in trainable)  # the S-ID rows learn
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    ids = tok(["hello world <a_1><b_2>"], return_tensors="pt")["input_ids"]
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    save_model(model, tok, tmp_path / "m", index_digest="b" * 64)
+    loaded, _, _ = load_model(tmp_path / "m", expected_index_digest="b" * 64)
+    assert not any("lora" in n for n, _ in loaded.named_parameters())  # merged, plain model
+    model.eval()  # no LoRA dropout
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    assert torch.allclose(want, got, atol=1e-4)
 
 
 def test_save_load_round_trip_and_digest_check(tmp_path: Path, tok, model) -> None:
