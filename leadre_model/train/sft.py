@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -103,6 +104,9 @@ def run_trainer(
             disable_tqdm=not progress,
             # TRL turns recomputation on by default; it only costs time at these sizes.
             activation_checkpointing=False,
+            # TRL defaults to bf16 autocast; on a CPU without native bf16 (AVX2 only, as
+            # here) that is ~8x slower than fp32 (measured: 4.6 s vs 0.54 s per step).
+            bf16=bool(getattr(model, "dtype", None) == torch.bfloat16 and torch.cuda.is_available()),
             **extra,
         )
         trainer = trainer_cls(model=model, args=args, processing_class=tokenizer,
