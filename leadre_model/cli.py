@@ -192,7 +192,7 @@ def train(
     world: Path = typer.Option(..., help="world directory"),
     index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
     out: Path = typer.Option(..., help="model directory to write"),
-    preset: str = typer.Option("tiny", help="demo | tiny | paper"),
+    preset: str = typer.Option("tiny", help="demo | tiny | experiment | paper"),
     curriculum: str | None = typer.Option(None, help="e.g. ex>im>main, main+im+ex, main"),
     base: str | None = typer.Option(None, help="local HF causal-LM checkpoint (default: tiny Qwen2)"),
     dpo: bool = typer.Option(True, help="align to eCPM with DPO after SFT"),

@@ -43,6 +43,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         max_samples_per_task=700,
     ),
     "tiny": TrainConfig(),
+    # The ablation budget (leadre_model/experiments): a 2-layer, 96-wide Qwen2 (≈0.4M
+    # parameters), ≈200-token prompts, ≤ 1,000 samples per task, 2 epochs per stage.
+    "experiment": TrainConfig(
+        llm=LLMConfig(hidden_size=96, intermediate_size=256, num_layers=2),
+        tokenizer=TokenizerConfig(vocab_size=1000),
+        prompts=PromptConfig(max_behaviors=15, token_budget=320),
+        sft=SFT_PRESETS["tiny"].model_copy(update={"epochs": 2}),
+        max_samples_per_task=1000,
+        dpo_users=300,
+    ),
     # The paper's hyper-parameters (§5.1) for a real checkpoint: pass --base PATH.
     "paper": TrainConfig(sft=SFT_PRESETS["paper"], dpo=DPO_PRESETS["paper"]),
 }
