@@ -38,6 +38,7 @@ demo: venv redis
 bench: venv
 	$(VENV)/bin/python bench/index_bench.py
 	$(VENV)/bin/python bench/table5_bench.py
+	$(VENV)/bin/python bench/decode_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check leadre_model services tests bench

@@ -1,11 +1,19 @@
 """Trie-constrained beam search over S-IDs (paper §3.4, Algorithm 2), batched, with a KV cache.
 
 One prefill runs every prompt of a batch (left-padded, so each prompt's last token is in the
-last column); then one decoding step per S-ID level feeds only the B chosen tokens of each
-prompt. At level l a beam scores only the codes its trie node allows (``trie.valid_mask``,
-one numpy gather for the whole batch); all other codes get -inf. The B best (beam, code)
-pairs per prompt survive; the KV cache follows them with one ``Cache.reorder_cache`` (an
-``index_select`` on the batch axis of every layer) — no Python per beam, no ``generate()``.
+last column; prompts are bucketed by length first, so little is padding); then one decoding
+step per S-ID level feeds only the B chosen tokens of each prompt. At level l a beam scores
+only the codes its trie node allows (``trie.valid_mask``, one numpy gather for the whole
+batch); all other codes get -inf. The B best (beam, code) pairs per prompt survive — no
+Python per beam, no ``generate()``.
+
+Two engines compute a step's logits, with identical results:
+
+* ``shared_prefix`` (default where supported: Llama, Qwen2, Qwen3, Mistral): the prompt's
+  KV stays stored once per prompt; only the ≤ L generated tokens' KV is kept per beam and
+  reordered (:mod:`leadre_model.llm.prefix_attention`). No copy of the prompt KV per beam.
+* ``reorder`` (any Hugging Face causal LM): the prompt KV is expanded to every beam and
+  reordered with ``Cache.reorder_cache`` at every level, as HF beam search does.
 
 Scores are log-probabilities normalised over the FULL vocabulary: ``logits[code] -
 logsumexp(all logits)``, summed over levels. That is exactly what SFT trains (plain
@@ -19,14 +27,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.index.trie import SidTrie
+from leadre_model.llm.prefix_attention import (
+    ATTN_NAME,
+    STATE_KWARG,
+    SharedPrefixState,
+    attention_implementation,
+    supports_shared_prefix,
+)
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
+Engine = Literal["auto", "shared_prefix", "reorder"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,14 @@ class Hit:
     row: int
     codes: tuple[int, ...]
     logprob: float
+
+
+@dataclass(frozen=True)
+class Beams:
+    """The final beams of one prompt, best first: codes (w, L) int64, scores (w,) float64."""
+
+    codes: np.ndarray
+    scores: np.ndarray
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Prompts) -> list[list[int]]:
@@ -61,6 +87,8 @@ def constrained_beam_search(
     beam_width: int,
     top_k: int | None = None,
     batch_size: int = 64,
+    engine: Engine = "auto",
+    progress: bool = False,
 ) -> list[list[Hit]]:
     """Top ads per prompt by trie-constrained beam search (full-vocabulary log-probs).
 
@@ -70,72 +98,142 @@ def constrained_beam_search(
         beam_width: B, beams kept per prompt at every level.
         top_k: hits returned per prompt (≤ B; default B).
         batch_size: prompts per forward pass (each is expanded to B beams).
+        engine: ``auto`` (shared_prefix where the architecture supports it), or force one.
 
     Returns, per prompt, at most ``top_k`` distinct hits sorted by log-probability, best
     first; fewer when the trie has fewer active ads below the surviving beams. Every row is
     an active ad of ``trie``. With B ≥ the number of active ads the search is exhaustive.
     """
+    top_k = beam_width if top_k is None else top_k
+    if beam_width >= 1 and not 1 <= top_k <= beam_width:
+        raise ValueError(f"top_k must be in [1, beam_width={beam_width}], got {top_k}")
+    beams = beam_search_codes(model, tokenizer, prompts, level_token_ids, beam_width, trie=trie,
+                              batch_size=batch_size, engine=engine, progress=progress)
+    return [_hits(trie, b)[:top_k] for b in beams]
+
+
+def beam_search_codes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    level_token_ids: Sequence[np.ndarray],
+    beam_width: int,
+    trie: SidTrie | None = None,
+    batch_size: int = 64,
+    engine: Engine = "auto",
+    progress: bool = False,
+) -> list[Beams]:
+    """The beam search itself, per prompt its final beams. With ``trie=None`` the same
+    search runs unconstrained over each level's S-ID tokens (any code tuple, existing ad or
+    not): the peer for measuring what the constraint costs."""
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
-    top_k = beam_width if top_k is None else top_k
-    if not 1 <= top_k <= beam_width:
-        raise ValueError(f"top_k must be in [1, beam_width={beam_width}], got {top_k}")
-    tokens = _level_tokens(trie, level_token_ids, model.device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokens = _level_tokens(level_token_ids, model.device, trie)
     ids = encode_prompts(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Longest first, in chunks of similar length: little padding in each prefill.
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()
+    out: list[Beams | None] = [None] * len(ids)
     try:
-        hits: list[list[Hit]] = []
-        for start in range(0, len(ids), batch_size):
-            hits += _search(model, ids[start:start + batch_size], pad_id, trie, tokens, beam_width)
+        for chunk in tqdm(chunks, desc="beam search", unit=" batch", disable=not progress):
+            batch = [ids[i] for i in chunk]
+            shared = _use_shared_prefix(model, engine, max(map(len, batch)) + len(tokens))
+            for i, b in zip(chunk, _search(model, batch, pad_id, trie, tokens, beam_width, shared)):
+                out[i] = b
     finally:
         model.train(was_training)
-    return [h[:top_k] for h in hits]
+    return out  # type: ignore[return-value]
+
+
+def _use_shared_prefix(model: PreTrainedModel, engine: Engine, max_length: int) -> bool:
+    if engine == "reorder":
+        return False
+    ok = supports_shared_prefix(model, max_length)
+    if engine == "shared_prefix" and not ok:
+        raise ValueError(f"engine 'shared_prefix' does not support {model.config.model_type!r} "
+                         f"at {max_length} tokens; use engine='reorder' or 'auto'")
+    return ok
+
+
+class _ReorderSteps:
+    """Generic engine: the prompt KV expanded to every beam, reordered each level."""
+
+    def __init__(self, model: PreTrainedModel, prompt_mask: torch.Tensor, cache: object) -> None:
+        self.model, self.prompt_mask, self.cache = model, prompt_mask, cache
+        self.lengths = prompt_mask.sum(1)
+
+    def step(self, parent: torch.Tensor, tokens: torch.Tensor, level: int, width: int) -> torch.Tensor:
+        self.cache.reorder_cache(parent)  # type: ignore[attr-defined]
+        n = len(self.prompt_mask)
+        mask = torch.cat([self.prompt_mask.repeat_interleave(width, 0),
+                          self.prompt_mask.new_ones(n * width, level + 1)], dim=1)
+        position = (self.lengths + level).repeat_interleave(width)[:, None]
+        return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position,
+                          cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
+class _SharedPrefixSteps:
+    """Fast engine: prompt KV once per prompt, generated KV per beam (module doc)."""
+
+    def __init__(self, model: PreTrainedModel, prompt_mask: torch.Tensor, cache: object) -> None:
+        self.model = model
+        self.state = SharedPrefixState.from_cache(cache, prompt_mask)
+        self.lengths = prompt_mask.sum(1)
+
+    def step(self, parent: torch.Tensor, tokens: torch.Tensor, level: int, width: int) -> torch.Tensor:
+        self.state.reorder(parent)
+        position = (self.lengths + level).repeat_interleave(width)[:, None]
+        with attention_implementation(self.model, ATTN_NAME):
+            return self.model(input_ids=tokens[:, None], position_ids=position, use_cache=False,
+                              logits_to_keep=1, **{STATE_KWARG: self.state}).logits[:, -1]
 
 
 @torch.inference_mode()
-def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: SidTrie,
-            tokens: list[torch.Tensor], beam_width: int) -> list[list[Hit]]:
+def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: SidTrie | None,
+            tokens: list[torch.Tensor], beam_width: int, shared: bool) -> list[Beams]:
     device, n = model.device, len(ids)
     input_ids, prompt_mask = _left_pad(ids, pad_id, device)
-    lengths = prompt_mask.sum(1)
     # Left padding shifts tokens right; positions count real tokens only, so a prompt gets
     # the same rotary positions (hence the same logits) alone or in any batch.
     out = model(input_ids=input_ids, attention_mask=prompt_mask,
                 position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
                 use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    logits = out.logits[:, -1]
+    steps = (_SharedPrefixSteps if shared else _ReorderSteps)(model, prompt_mask, out.cache)
+    del out
     width = 1  # beams per prompt so far: 1 (the root), then min(B, width * K_l)
-    nodes = trie.root_state(n)
+    nodes = np.zeros(n, dtype=np.int64)  # trie node per beam (root)
     score = torch.zeros(n, device=device)
     history = np.zeros((n, 0), dtype=np.int64)
     prompt_of = torch.arange(n, device=device)[:, None]
     for level, level_ids in enumerate(tokens):
         k = len(level_ids)
-        logp = _full_vocab_logprobs(logits, level_ids)  # (n * width, K)
-        valid = torch.from_numpy(trie.valid_mask(level, nodes)).to(device)
-        cand = (score[:, None] + logp).masked_fill(~valid, float("-inf")).view(n, width * k)
+        cand = score[:, None] + _full_vocab_logprobs(logits, level_ids)  # (n * width, K)
+        if trie is not None:
+            valid = torch.from_numpy(trie.valid_mask(level, nodes)).to(device)
+            cand = cand.masked_fill(~valid, float("-inf"))
         new_width = min(beam_width, width * k)
-        top, idx = cand.topk(new_width, dim=1)  # sorted: best first
+        top, idx = cand.view(n, width * k).topk(new_width, dim=1)  # sorted: best first
         parent = (prompt_of * width + idx // k).reshape(-1)  # global row of the parent beam
         code = (idx % k).reshape(-1)
         parent_np, code_np = parent.cpu().numpy(), code.cpu().numpy()
         score, width = top.reshape(-1), new_width
-        alive = torch.isfinite(score).cpu().numpy()
-        # Dead beams (fewer valid prefixes than B) keep -inf and node -1: no children.
-        nodes = np.where(alive, trie.step(level, nodes[parent_np], code_np), -1)
+        if trie is not None:
+            # Dead beams (fewer valid prefixes than B) keep -inf and node -1: no children.
+            alive = torch.isfinite(score).cpu().numpy()
+            nodes = np.where(alive, trie.step(level, nodes[parent_np], code_np), -1)
         history = np.concatenate([history[parent_np], code_np[:, None]], axis=1)
-        if level + 1 == len(tokens):
-            break
-        cache.reorder_cache(parent)
-        mask = torch.cat([prompt_mask.repeat_interleave(width, 0),
-                          prompt_mask.new_ones(n * width, level + 1)], dim=1)
-        position = (lengths + level).repeat_interleave(width)[:, None]
-        logits = model(input_ids=level_ids[code][:, None], attention_mask=mask,
-                       position_ids=position, past_key_values=cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
-    return _hits(trie, history, score.float().cpu().numpy(), n, width)
+        if level + 1 < len(tokens):
+            logits = steps.step(parent, level_ids[code], level, width)
+    scores = score.double().cpu().numpy().reshape(n, width)
+    codes = history.reshape(n, width, -1)
+    return [Beams(codes[p][np.isfinite(scores[p])], scores[p][np.isfinite(scores[p])])
+            for p in range(n)]
 
 
 def _full_vocab_logprobs(logits: torch.Tensor, level_ids: torch.Tensor) -> torch.Tensor:
@@ -145,18 +243,12 @@ def _full_vocab_logprobs(logits: torch.Tensor, level_ids: torch.Tensor) -> torch
     return logits[:, level_ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-def _hits(trie: SidTrie, history: np.ndarray, score: np.ndarray, n: int, width: int) -> list[list[Hit]]:
-    alive = np.isfinite(score)
-    rows = np.full(len(score), -1, dtype=np.int64)
-    rows[alive] = trie.lookup(history[alive])
-    if (rows[alive] < 0).any():  # a bug, never a model quirk: the trie chose every code
+def _hits(trie: SidTrie, beams: Beams) -> list[Hit]:
+    rows = trie.lookup(beams.codes) if len(beams.codes) else np.zeros(0, dtype=np.int64)
+    if (rows < 0).any():  # a bug, never a model quirk: the trie chose every code
         raise RuntimeError("constrained search produced an S-ID that is not an active ad")
-    out: list[list[Hit]] = []
-    for p in range(n):
-        beams = range(p * width, (p + 1) * width)
-        out.append([Hit(int(rows[b]), tuple(int(c) for c in history[b]), float(score[b]))
-                    for b in beams if alive[b]])
-    return out
+    return [Hit(int(r), tuple(int(c) for c in codes), float(s))
+            for r, codes, s in zip(rows, beams.codes, beams.scores)]
 
 
 def _left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,13 +261,14 @@ def _left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[
     return input_ids.to(device), mask.to(device)
 
 
-def _level_tokens(trie: SidTrie, level_token_ids: Sequence[np.ndarray],
-                  device: torch.device) -> list[torch.Tensor]:
-    if len(level_token_ids) != trie.num_levels:
-        raise ValueError(f"level_token_ids has {len(level_token_ids)} levels, the trie {trie.num_levels}")
-    for level, (ids, k) in enumerate(zip(level_token_ids, trie.level_sizes)):
-        if len(ids) != k:
-            raise ValueError(f"level {level}: {len(ids)} token ids for {k} codes")
+def _level_tokens(level_token_ids: Sequence[np.ndarray], device: torch.device,
+                  trie: SidTrie | None) -> list[torch.Tensor]:
+    if trie is not None:
+        if len(level_token_ids) != trie.num_levels:
+            raise ValueError(f"level_token_ids has {len(level_token_ids)} levels, the trie {trie.num_levels}")
+        for level, (ids, k) in enumerate(zip(level_token_ids, trie.level_sizes)):
+            if len(ids) != k:
+                raise ValueError(f"level {level}: {len(ids)} token ids for {k} codes")
     return [torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device) for ids in level_token_ids]
 
 
@@ -191,7 +284,7 @@ def exhaustive_scores(
     """Every active ad scored by running the model on prompt + its full S-ID (no cache, no
     padding, no masks): the test oracle for :func:`constrained_beam_search`. Sorted best
     first. O(ads) forward passes' worth of compute — small tries only."""
-    tokens = _level_tokens(trie, level_token_ids, model.device)
+    tokens = _level_tokens(level_token_ids, model.device, trie)
     prompt_ids = torch.as_tensor(encode_prompts(tokenizer, [prompt])[0], device=model.device)
     codes, rows, active = trie.to_arrays()
     codes, rows = codes[active], rows[active]
@@ -207,4 +300,5 @@ def exhaustive_scores(
     return [Hit(int(rows[i]), tuple(int(c) for c in codes[i]), float(total[i])) for i in order]
 
 
-__all__ = ["Hit", "constrained_beam_search", "encode_prompts", "exhaustive_scores"]
+__all__ = ["Beams", "Engine", "Hit", "beam_search_codes", "constrained_beam_search",
+           "encode_prompts", "exhaustive_scores"]

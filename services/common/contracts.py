@@ -15,6 +15,9 @@ TRITON_MODEL = "leadre_retrieval"
 #   prompt      BYTES [1]  utf-8 prompt text, built by leadre_model.prompts.PromptBuilder
 #   beam_width  INT32 [1]  B, beams per level
 #   top_k       INT32 [1]  ads returned (<= B)
+#   prompt_ids  INT32 [-1], optional: the prompt as token ids instead of text (-1 = padding,
+#               so one request can carry prompts of different lengths); exactly one of
+#               prompt / prompt_ids per request
 #   advertiser_prompt BYTES [1], optional: the same user's advertiser-task prompt (the
 #               builder's advertiser question). Given and the model was trained with the
 #               `adv` task: advertisers are decoded through the advertiser trie. Empty or
@@ -26,6 +29,7 @@ TRITON_MODEL = "leadre_retrieval"
 #   advertiser_scores   FP32  [top_k]
 #   model_version       BYTES [1]
 IN_PROMPT, IN_BEAM, IN_TOPK, IN_ADV_PROMPT = "prompt", "beam_width", "top_k", "advertiser_prompt"
+IN_PROMPT_IDS = "prompt_ids"
 OUT_ADS, OUT_SCORES = "ad_ids", "scores"
 OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_scores", "model_version"
 
