@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv redis test demo bench lint clean
+.PHONY: venv redis test demo bench lint clean serve e2e
 
 # torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -39,6 +39,14 @@ bench: venv
 	$(VENV)/bin/python bench/index_bench.py
 	$(VENV)/bin/python bench/table5_bench.py
 	$(VENV)/bin/python bench/decode_bench.py
+
+# The live system on the demo's artifacts (run `make demo` first).
+serve: venv redis
+	$(VENV)/bin/leadre serve all --world runs/demo/world --model runs/demo/model --index runs/demo/index
+
+# Issue 5's end-to-end figures: 1,000 behaviour events for 200 users, worker killed mid-run.
+e2e: venv redis
+	$(VENV)/bin/python bench/e2e_nearline.py --run runs/demo --users 200 --events 1000
 
 lint: venv
 	$(VENV)/bin/ruff check leadre_model services tests bench

@@ -274,21 +274,25 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """End to end on the embedded default: synthetic world → index → report → training →
-    retrievals for a few users."""
-    console.rule("[bold]1/4 synthetic world")
+    retrievals for a few users → the live system (services) answering through the Mixer."""
+    console.rule("[bold]1/5 synthetic world")
     data_synth(out=workdir / "world", users=users, ads=ads, content=max(ads, 1000), seed=seed,
                progress=True)
-    console.rule("[bold]2/4 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
+    console.rule("[bold]2/5 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
     index_build(world=workdir / "world", out=workdir / "index", preset="auto", levels=None,
                 codebook_size=None, code_dim=None, epochs=None, encoder=None, template=None,
                 cache=workdir / "embeddings.npz", seed=seed, progress=True)
-    console.rule("[bold]3/4 index report")
+    console.rule("[bold]3/5 index report")
     index_report(index=workdir / "index", world=workdir / "world", out=None)
     _show_examples(workdir)
-    console.rule("[bold]4/4 LLM alignment: curriculum SFT (EX → IM → Main) + DPO")
+    console.rule("[bold]4/5 LLM alignment: curriculum SFT (EX → IM → Main) + DPO")
     train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
           curriculum=None, base=None, dpo=True, progress=True)
     _show_retrievals(workdir)
+    console.rule("[bold]5/5 live system: inference × 2, nearline worker, user server, mixer")
+    from services.demo_live import run_live_demo
+
+    run_live_demo(workdir, console)
 
 
 def _show_retrievals(workdir: Path, n_users: int = 3, k: int = 5) -> None:

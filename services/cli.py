@@ -45,17 +45,15 @@ def serve_seed(
 ) -> None:
     """Seed Redis from a world: profiles + ARPU tiers, ad features + fallback, content,
     histories; optionally publish the first model+index version."""
-    import redis
-
     from leadre_model.data.store import read_table
-    from services.launcher import publish_if_missing
+    from services.launcher import publish_if_missing, require_redis
     from services.user_server.seed import flush_leadre_keys, seed_world
 
     s = _settings()
+    r = require_redis(s.redis_url)
     if model is not None:
         version = publish_if_missing(s, model, index, world)
         console.print(f"registry {s.registry_dir}: current version {version}")
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
     if flush:
         console.print(f"deleted {flush_leadre_keys(r):,} leadre:* keys")
     ids = None

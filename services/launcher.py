@@ -35,6 +35,16 @@ class StackError(ValueError):
     so the CLI's error policy prints it as one line.)"""
 
 
+def require_redis(url: str) -> redis.Redis:
+    """A client for ``url``; StackError (one line) when Redis does not answer."""
+    r = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        raise StackError(f"Redis at {url} is not answering ({exc}); `make redis` starts one") from None
+    return r
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,8 +198,8 @@ def serve_all(settings: Settings, world: Path | None, model: Path | None, index:
     from leadre_model.clikit import console
     from services.user_server.seed import seed_world
 
+    r = require_redis(settings.redis_url)
     version = publish_if_missing(settings, model, index, world)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     if world is not None and not r.exists(keys.ADS):
         res = seed_world(r, world, settings)
         console.print(f"seeded {res.users:,} users, {res.ads:,} ads, {res.behaviors:,} behaviours")

@@ -5,13 +5,9 @@ uses the real Triton service)."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -20,14 +16,11 @@ from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.index.build import build_index
-from leadre_model.index.sid_index import SidIndex, load_index
+from leadre_model.index.sid_index import load_index
 from leadre_model.prompts.config import PromptConfig
-from services.common.contracts import INSTANCES_KEY, Retrieval, RetrievedAd
+from services.common.contracts import INSTANCES_KEY
 from services.common.settings import Settings
-
-T = TypeVar("T")
-TEST_DB = 13
-REDIS_BASE = "redis://127.0.0.1:6379"
+from tests.services.helpers import REDIS_BASE, TEST_DB, BackgroundLoop, StandInClient
 
 
 @pytest.fixture
@@ -75,30 +68,6 @@ def version_dir(tmp_path_factory: pytest.TempPathFactory, svc_world: tuple[Path,
     return vdir
 
 
-class StandInClient:
-    """Deterministic retrievals (active ads picked by a hash of the prompt), so the worker's
-    scheduling, balancing and writes can be tested without a model. ``fail`` makes every
-    call raise, like an instance that is down."""
-
-    def __init__(self, url: str, index: SidIndex, fail: bool = False) -> None:
-        self.url, self.index, self.fail, self.calls = url, index, fail, 0
-        self.active = [a for a, on in zip(index.ad_ids, index.active) if on]
-
-    def retrieve(self, prompts: list[str], beam_width: int, top_k: int,
-                 advertiser_prompts: list[str] | None = None) -> list[Retrieval]:
-        self.calls += 1
-        if self.fail:
-            raise ConnectionError(f"{self.url} is down")
-        out = []
-        for p in prompts:
-            h = int(hashlib.sha256(p.encode()).hexdigest(), 16)
-            ads = [self.active[(h + 7 * i) % len(self.active)] for i in range(top_k)]
-            out.append(Retrieval(ads=[RetrievedAd(ad_id=a, score=-0.5 * (i + 1))
-                                      for i, a in enumerate(dict.fromkeys(ads))],
-                                 model_version="standin"))
-        return out
-
-
 @pytest.fixture
 def standins(rds: redis.Redis, version_dir: Path) -> dict[str, StandInClient]:
     """Two stand-in instances with fresh heartbeats in the instances hash."""
@@ -108,22 +77,6 @@ def standins(rds: redis.Redis, version_dir: Path) -> dict[str, StandInClient]:
     clients = {u: StandInClient(u, index) for u in ("grpc://a:1", "grpc://b:2")}
     rds.hset(INSTANCES_KEY, mapping={u: time.time() + 3600 for u in clients})
     return clients
-
-
-class BackgroundLoop:
-    """An asyncio loop on a thread: async servers run there while a test talks to them."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture
@@ -142,13 +95,6 @@ def user_server(bg: BackgroundLoop, settings: Settings) -> Iterator[str]:
     yield f"127.0.0.1:{port}"
     bg.run(server.stop(grace=1))
     bg.run(store.close())
-
-
-def seed(settings: Settings, world: Path, **kw: Any) -> Any:
-    from services.user_server.seed import seed_world
-
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    return seed_world(r, world, settings, **kw)
 
 
 @pytest.fixture(scope="session")

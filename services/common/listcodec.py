@@ -1,0 +1,97 @@
+"""Compact binary encoding of a user's LEADRE list as stored in Redis.
+
+Layout (big-endian)::
+
+    "LL" u8 format | u64 version | i64 updated_ms | u8 n + model_version (utf-8)
+    u16 n_ads  then n_ads  x (u8 n + ad_id, f32 score)
+    u16 n_advs then n_advs x (u8 n + advertiser_id, f32 score)
+
+Ids are at most 64 ASCII bytes (``leadre_model.data.records.ID_PATTERN``). A 20-ad list
+with 20 advertisers takes 540 bytes instead of 1.4 kB as JSON.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.contracts import RetrievedAd
+
+MAGIC, FORMAT = b"LL", 1
+_HEAD = struct.Struct(">2sBQq")
+_U8, _U16, _F32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">f")
+
+
+class StoredList(BaseModel):
+    """A user's list as the worker wrote it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = Field(ge=0, description="user state sequence number it was computed from")
+    updated_ms: int = Field(ge=0)
+    model_version: str = Field(max_length=255)
+    ads: list[RetrievedAd]
+    advertisers: list[RetrievedAd] = Field(default_factory=list)
+
+
+def _put_str(out: bytearray, s: str) -> None:
+    raw = s.encode()
+    if len(raw) > 255:
+        raise ValueError(f"id too long for the list encoding: {s[:40]!r}…")
+    out += _U8.pack(len(raw)) + raw
+
+
+def _put_items(out: bytearray, items: list[RetrievedAd]) -> None:
+    if len(items) > 0xFFFF:
+        raise ValueError("too many entries for the list encoding")
+    out += _U16.pack(len(items))
+    for it in items:
+        _put_str(out, it.ad_id)
+        out += _F32.pack(it.score)
+
+
+def encode_list(lst: StoredList) -> bytes:
+    out = bytearray(_HEAD.pack(MAGIC, FORMAT, lst.version, lst.updated_ms))
+    _put_str(out, lst.model_version)
+    _put_items(out, lst.ads)
+    _put_items(out, lst.advertisers)
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, buf: bytes) -> None:
+        self.buf, self.pos = buf, 0
+
+    def take(self, st: struct.Struct) -> tuple:
+        if self.pos + st.size > len(self.buf):
+            raise ValueError("truncated list encoding")
+        vals = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return vals
+
+    def string(self) -> str:
+        (n,) = self.take(_U8)
+        if self.pos + n > len(self.buf):
+            raise ValueError("truncated list encoding")
+        s = self.buf[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def items(self) -> list[RetrievedAd]:
+        (n,) = self.take(_U16)
+        return [RetrievedAd(ad_id=self.string(), score=self.take(_F32)[0]) for _ in range(n)]
+
+
+def decode_list(buf: bytes) -> StoredList:
+    """ValueError on anything but a complete list of this format."""
+    r = _Reader(buf)
+    magic, fmt, version, updated_ms = r.take(_HEAD)
+    if magic != MAGIC or fmt != FORMAT:
+        raise ValueError(f"not a LEADRE list (magic {magic!r}, format {fmt})")
+    model_version = r.string()
+    ads, advertisers = r.items(), r.items()
+    if r.pos != len(buf):
+        raise ValueError("trailing bytes after the list encoding")
+    return StoredList(version=version, updated_ms=updated_ms, model_version=model_version,
+                      ads=ads, advertisers=advertisers)

@@ -1,0 +1,93 @@
+"""The Mixer's HTTP API (FastAPI). Routers are thin: :class:`MixerCore` does the work.
+Bad input → 422 with a message, the user server down → 503, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from leadre_model.data.records import ID_PATTERN
+from services.common.grpcio import BadRequest, Unavailable
+from services.mixer.core import MixerCore
+from services.mixer.models import (
+    ErrorOut,
+    RankFeaturesRequest,
+    RankFeaturesResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+    UserOut,
+)
+
+log = logging.getLogger(__name__)
+ERRORS = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+
+
+def create_app(core: MixerCore) -> FastAPI:
+    app = FastAPI(title="LEADRE Mixer", version="1",
+                  description="LEADRE retrieval merged with a fallback branch; ranking features.")
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            core.m.latency.labels(f"{request.method} {path}", str(status)).observe(
+                time.perf_counter() - t0)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERRORS)
+    async def retrieve(req: RetrieveRequest) -> RetrieveResponse:
+        """Top-k ads for a user: LEADRE list merged with the fallback branch."""
+        return await core.retrieve(req.user_id, req.k)
+
+    @app.post("/v1/rank-features", response_model=RankFeaturesResponse, responses=ERRORS)
+    async def rank_features(req: RankFeaturesRequest) -> RankFeaturesResponse:
+        """User-side retrieved ads, per-candidate match scores, advertiser priors."""
+        return await core.rank_features(req.user_id, req.candidate_ad_ids)
+
+    @app.get("/v1/users/{user_id}", response_model=UserOut, responses=ERRORS)
+    async def user(user_id: str = Path(pattern=ID_PATTERN),
+                   recent: int = 10) -> UserOut:
+        """Profile and newest behaviours (what the list is computed from)."""
+        if not 1 <= recent <= 500:
+            raise BadRequest(f"recent: must be in [1, 500] (got {recent})")
+        return await core.user(user_id, recent)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorOut}})
+    async def readyz() -> JSONResponse:
+        if await core.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"detail": "user server not serving"}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = core.m.exposition()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,41 @@
+"""Merging the LEADRE branch with the fallback branch (deduplicated), and counting each
+branch's exclusive share of what is served (§5.3's consumption)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.mixer.models import Consumption, ServedAd
+
+
+def merge(leadre: Sequence[ServedAd], fallback: Sequence[ServedAd], k: int,
+          leadre_share: float) -> tuple[list[ServedAd], Consumption]:
+    """Up to ``round(k * leadre_share)`` LEADRE ads first (in their order), then fallback
+    ads, then more LEADRE ads if the fallback runs short; no ad twice."""
+    in_leadre = {a.ad_id for a in leadre}
+    in_fallback = {a.ad_id for a in fallback}
+    quota = min(k, round(k * leadre_share)) if fallback else k
+    out: list[ServedAd] = []
+    seen: set[str] = set()
+
+    def take(items: Sequence[ServedAd], limit: int) -> None:
+        for a in items:
+            if len(out) >= limit:
+                return
+            if a.ad_id not in seen:
+                seen.add(a.ad_id)
+                other = in_fallback if a.provenance == "leadre" else in_leadre
+                out.append(a.model_copy(update={"also_in_other_branch": a.ad_id in other}))
+
+    take(leadre, quota)
+    take(fallback, k)
+    take(leadre, k)
+    c = Consumption()
+    for a in out:
+        if a.ad_id in in_leadre and a.ad_id in in_fallback:
+            c.both += 1
+        elif a.ad_id in in_leadre:
+            c.leadre_exclusive += 1
+        else:
+            c.fallback_exclusive += 1
+    return out, c

@@ -1,0 +1,1 @@
+"""Operational pipelines: the daily training cycle (§4.4.1 "Training")."""

@@ -1,0 +1,220 @@
+"""The user server's Redis operations (async): lists, fallback, behaviours, ad features.
+
+Every method takes validated records (pydantic) and returns plain models; the gRPC layer
+(:mod:`services.user_server.server`) only converts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from leadre_model.data.records import Ad, AdStatus, Behavior, ContentItem, Domain, User
+from services.common import keys
+from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
+from services.common.listcodec import StoredList, decode_list
+from services.common.settings import Settings
+from services.common.userstate import (
+    RECORD_LUA,
+    behavior_member,
+    parse_bounds,
+    parse_member,
+    tier_of,
+)
+
+FALLBACK_HISTORY = 50  # newest behaviours whose categories drive the fallback branch
+
+
+@dataclass(frozen=True)
+class ServedAd:
+    ad_id: str
+    score: float
+    ad: Ad | None  # catalog record; None when the ad is unknown to Redis
+
+
+@dataclass(frozen=True)
+class ListResult:
+    stored: StoredList | None  # None: miss or expired
+    ads: list[ServedAd]  # the LEADRE list without paused or unknown ads
+    fallback: list[ServedAd]
+
+
+@dataclass(frozen=True)
+class UserView:
+    user: User
+    known: bool
+    tier: int
+    recent: list[tuple[Behavior, str]]  # (behaviour, item name), newest first
+    seq: int
+    list_version: int
+
+
+def fallback_score(ad: Ad, clicks: int) -> float:
+    """eCPM-weighted popularity: every click adds one eCPM; a new ad starts at its eCPM."""
+    return ad.ecpm * (1 + clicks)
+
+
+class UserStore:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.r = aioredis.from_url(settings.redis_url, decode_responses=True)
+        self.rb = aioredis.from_url(settings.redis_url, decode_responses=False)  # list blobs
+        self._record = self.r.register_script(RECORD_LUA)
+        self._bounds: tuple[float, list[float]] = (0.0, [])
+
+    async def close(self) -> None:
+        await self.r.aclose()
+        await self.rb.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    # -- catalog lookups --------------------------------------------------------------
+    async def ads(self, ad_ids: Sequence[str]) -> list[Ad | None]:
+        if not ad_ids:
+            return []
+        raw = await self.r.hmget(keys.ADS, list(ad_ids))
+        return [Ad.model_validate_json(x) if x else None for x in raw]
+
+    async def tier_bounds(self) -> list[float]:
+        """ARPU cut points, re-read at most every 10 s (seed may rewrite them)."""
+        at, bounds = self._bounds
+        if not bounds or time.monotonic() - at > 10:
+            bounds = parse_bounds(await self.r.get(keys.TIER_BOUNDS))
+            self._bounds = (time.monotonic(), bounds)
+        return bounds
+
+    # -- lists --------------------------------------------------------------------------
+    async def get_list(self, user_id: str, k: int, fallback_k: int) -> ListResult:
+        blob = await self.rb.hget(keys.user_key(user_id, "list"), "d")
+        stored = decode_list(blob) if blob else None
+        ads: list[ServedAd] = []
+        if stored is not None:
+            records = await self.ads([a.ad_id for a in stored.ads])
+            ads = [ServedAd(a.ad_id, a.score, rec) for a, rec in zip(stored.ads, records)
+                   if rec is not None and rec.status is AdStatus.ACTIVE]
+            ads = ads[:k] if k else ads
+        n_fb = max(fallback_k, k if stored is None else 0)
+        fallback = await self.fallback(user_id, n_fb) if n_fb else []
+        return ListResult(stored, ads, fallback)
+
+    async def fallback(self, user_id: str, n: int) -> list[ServedAd]:
+        """Top eCPM x popularity ads of the user's most frequent recent categories, then
+        of the whole catalog; categories share the slots by their frequency."""
+        cats = await self._user_categories(user_id)
+        pipe = self.r.pipeline(transaction=False)
+        for c, _ in cats:
+            pipe.zrevrange(keys.fallback_key(c), 0, n - 1, withscores=True)
+        pipe.zrevrange(keys.FALLBACK_GLOBAL, 0, 2 * n - 1, withscores=True)
+        ranked = await pipe.execute()
+        total = sum(w for _, w in cats) or 1
+        quotas = [max(1, round(n * w / total)) for _, w in cats] + [n]
+        chosen: dict[str, float] = {}
+        for quota, entries in zip(quotas, ranked):
+            taken = 0
+            for ad_id, score in entries:
+                if len(chosen) >= n or taken >= quota:
+                    break
+                if ad_id not in chosen:
+                    chosen[ad_id], taken = score, taken + 1
+        records = await self.ads(list(chosen))
+        return [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
+
+    async def _user_categories(self, user_id: str) -> list[tuple[str, int]]:
+        members = await self.r.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
+        behaviors = [parse_member(user_id, m) for m in members]
+        positive = [b for b in behaviors if b.is_positive()]
+        ad_ids = [b.item_id for b in positive if b.domain is Domain.AD]
+        content_ids = [b.item_id for b in positive if b.domain is Domain.CONTENT]
+        cats: Counter[str] = Counter()
+        for hkey, ids in ((keys.AD_CATEGORY, ad_ids), (keys.CONTENT_CATEGORY, content_ids)):
+            if ids:
+                cats.update(c for c in await self.r.hmget(hkey, ids) if c)
+        return cats.most_common(self.s.fallback_categories)
+
+    # -- users --------------------------------------------------------------------------
+    async def get_user(self, user_id: str, recent: int) -> UserView:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(keys.user_key(user_id, "profile"))
+        pipe.zrevrange(keys.user_key(user_id, "hist"), 0, recent - 1)
+        pipe.get(keys.user_key(user_id, "seq"))
+        pipe.get(keys.user_key(user_id, "lv"))
+        profile, members, seq, lv = await pipe.execute()
+        user = User.model_validate_json(profile) if profile else User(user_id=user_id)
+        behaviors = [parse_member(user_id, m) for m in members]
+        names = await self._item_names(behaviors)
+        return UserView(user, profile is not None, tier_of(user.arpu, await self.tier_bounds()),
+                        list(zip(behaviors, names)), int(seq or 0), int(lv or 0))
+
+    async def _item_names(self, behaviors: Sequence[Behavior]) -> list[str]:
+        ad_ids = [b.item_id for b in behaviors if b.domain is Domain.AD]
+        content_ids = [b.item_id for b in behaviors if b.domain is Domain.CONTENT]
+        names: dict[tuple[Domain, str], str] = {}
+        for ad in await self.ads(ad_ids):
+            if ad is not None:
+                names[Domain.AD, ad.ad_id] = ad.name
+        if content_ids:
+            for raw in await self.r.hmget(keys.CONTENT, content_ids):
+                if raw:
+                    item = ContentItem.model_validate_json(raw)
+                    names[Domain.CONTENT, item.content_id] = item.title
+        return [names.get((b.domain, b.item_id), "") for b in behaviors]
+
+    async def record_behaviors(self, behaviors: Sequence[Behavior]) -> list[str]:
+        """Add each behaviour to its user's history and append one stream event for each
+        new one; returns the event ids ("" for a behaviour recorded before)."""
+        users = sorted({b.user_id for b in behaviors})
+        profiles = await self.r.mget([keys.user_key(u, "profile") for u in users])
+        bounds = await self.tier_bounds()
+        tier = {u: tier_of(User.model_validate_json(p).arpu if p else 0.0, bounds)
+                for u, p in zip(users, profiles)}
+        window = self.s.history_window_days * 86_400
+        pipe = self.r.pipeline(transaction=False)
+        for b in behaviors:
+            await self._record(keys=[keys.user_key(b.user_id, "hist"), keys.user_key(b.user_id, "seq")],
+                               args=[behavior_member(b), b.ts, window, self.s.history_max],
+                               client=pipe)
+        results = await pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        added = []
+        for b, (seq, new) in zip(behaviors, results):
+            if new:
+                event = BehaviorEvent.of(b, int(seq), tier[b.user_id])
+                pipe.xadd(keys.BEHAVIOR_STREAM, event.to_fields(),
+                          maxlen=self.s.behavior_stream_maxlen, approximate=True)
+            added.append(bool(new))
+        ids = iter(await pipe.execute())
+        return [next(ids) if new else "" for new in added]
+
+    # -- ads ----------------------------------------------------------------------------
+    async def update_ads(self, ads: Sequence[Ad]) -> tuple[int, int]:
+        """Store ad features, keep the fallback zsets in step and emit an update event for
+        each new ad and each status change. Returns (new, status changes)."""
+        old = dict(zip([a.ad_id for a in ads], await self.ads([a.ad_id for a in ads])))
+        clicks = await self.r.hmget(keys.AD_CLICKS, [a.ad_id for a in ads])
+        pipe = self.r.pipeline(transaction=True)
+        n_new = n_status = 0
+        for ad, n_clicks in zip(ads, clicks):
+            prev = old[ad.ad_id]
+            pipe.hset(keys.ADS, ad.ad_id, ad.model_dump_json())
+            pipe.hset(keys.AD_CATEGORY, ad.ad_id, ad.category_l2)
+            if prev is not None and prev.category_l2 != ad.category_l2:
+                pipe.zrem(keys.fallback_key(prev.category_l2), ad.ad_id)
+            for zkey in (keys.fallback_key(ad.category_l2), keys.FALLBACK_GLOBAL):
+                if ad.status is AdStatus.ACTIVE:
+                    pipe.zadd(zkey, {ad.ad_id: fallback_score(ad, int(n_clicks or 0))})
+                else:
+                    pipe.zrem(zkey, ad.ad_id)
+            change = (AdChange.NEW if prev is None
+                      else AdChange.STATUS if prev.status is not ad.status else None)
+            if change is not None:
+                n_new += change is AdChange.NEW
+                n_status += change is AdChange.STATUS
+                pipe.xadd(keys.AD_UPDATES_STREAM, AdUpdateEvent(ad_id=ad.ad_id, change=change)
+                          .to_fields())
+        await pipe.execute()
+        return n_new, n_status
