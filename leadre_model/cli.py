@@ -228,6 +228,7 @@ def eval_cmd(
                                   help="comma-separated: popularity, popularity_ecpm, itemcf, "
                                   "sasrec_ce, sasrec_bce ('' for none)"),
     beam: int = typer.Option(20, min=1, help="beam width B for LEADRE"),
+    sasrec_budget_s: float | None = typer.Option(None, min=1, help="cap on SASRec training time"),
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
     out: Path | None = typer.Option(None, help="write results.json and results.md here"),
     seed: int = typer.Option(0),
@@ -242,7 +243,10 @@ def eval_cmd(
         raise ValueError("--model needs --index (the index the model was trained on)")
     cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
-    retrievers: list[Any] = baseline_retrievers(names, progress=progress)
+    from leadre_model.eval.baselines import SASRecConfig
+
+    sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)
+    retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress)
     lcfg = LeadreEvalConfig(beam_width=beam, progress=progress)
     for i, m in enumerate(model):
         name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
