@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv redis test demo bench lint clean serve e2e
+.PHONY: venv redis test demo bench lint clean serve e2e loadtest serving-bench
 
 # torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -48,8 +48,22 @@ serve: venv redis
 e2e: venv redis
 	$(VENV)/bin/python bench/e2e_nearline.py --run runs/demo --users 200 --events 1000
 
+LOADTEST_USERS ?= 32
+LOADTEST_TIME ?= 20s
+LOADTEST_HOST ?= http://127.0.0.1:8080
+
+# 20 s headless Locust run (HTTP + gRPC users) against a running `make serve`.
+loadtest: venv
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u $(LOADTEST_USERS) -r $(LOADTEST_USERS) \
+	  -t $(LOADTEST_TIME) --host $(LOADTEST_HOST) --only-summary
+
+# Issue 6's serving + balancing figures (flushes Redis db 15).
+serving-bench: venv redis
+	$(VENV)/bin/python bench/serving_bench.py
+	$(VENV)/bin/python bench/balance_bench.py
+
 lint: venv
-	$(VENV)/bin/ruff check leadre_model services tests bench
+	$(VENV)/bin/ruff check leadre_model services tests bench loadtest
 
 clean:
 	rm -rf runs .leadre_cache .pytest_cache

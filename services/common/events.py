@@ -64,6 +64,15 @@ def parse_fields(model: type[M], fields: dict[str, str]) -> M | str:
         return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
 
 
+DEAD_MAX_FIELDS, DEAD_MAX_CHARS = 32, 1024  # an oversized entry is kept, truncated
+
+
 def dead_letter_fields(entry_id: str, fields: dict[str, str], reason: str) -> dict[str, str]:
-    """What the dead-letter stream keeps: the original fields, the entry id, the reason."""
-    return {**{f"orig_{k}": v for k, v in fields.items()}, "orig_id": entry_id, "reason": reason}
+    """What the dead-letter stream keeps: the original fields (at most 32, each cut to
+    1,024 characters, so an oversized entry cannot bloat the dead-letter stream), the
+    entry id, the reason."""
+    kept = {f"orig_{k[:64]}": v[:DEAD_MAX_CHARS]
+            for k, v in list(fields.items())[:DEAD_MAX_FIELDS]}
+    if len(fields) > DEAD_MAX_FIELDS or any(len(v) > DEAD_MAX_CHARS for v in fields.values()):
+        kept["truncated"] = "1"
+    return {**kept, "orig_id": entry_id, "reason": reason[:DEAD_MAX_CHARS]}

@@ -90,12 +90,3 @@ async def set_not_serving(health: health_aio.HealthServicer, services: Sequence[
     for name in ("", *services):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-
-async def check_health(target: str, service: str = "", timeout_s: float = 1.0) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(target) as ch:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False

@@ -5,7 +5,7 @@ Later services add their fields here; the README's settings table lists them.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     daily_eval_users: int = Field(default=200, ge=1)
     daily_epochs: float = Field(default=1.0, gt=0)
     daily_max_samples_per_task: int = Field(default=700, ge=1)
+    # security + limits (issue 6); README "Settings" lists them
+    api_keys: str = Field(default="", repr=False,
+                          description="comma-separated mixer API keys; '' = no authentication")
+    redis_password: SecretStr | None = Field(default=None, description="AUTH password")
+    redis_tls_ca: str | None = Field(default=None, description="CA file for rediss:// URLs")
+    grpc_tls_cert: str | None = Field(default=None, description="server cert (PEM): TLS on")
+    grpc_tls_key: str | None = Field(default=None, description="server key (PEM)")
+    grpc_tls_ca: str | None = Field(default=None, description="CA the mixer trusts (user server)")
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="HTTP body limit")
+    grpc_max_message_bytes: int = Field(default=4_194_304, ge=1024)
     # inference service (issue 4): Triton instances, registry polling, catalog tail
     inference_base_port: int = Field(default=8001, ge=1, le=65_000,
                                      description="instance i: gRPC base+3i, HTTP +1, metrics +2")

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpcio import BadRequest, Unavailable, check_health
+from services.common.grpcio import BadRequest, Unavailable
 from services.common.metrics import AGE_BUCKETS, Metrics
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
+from services.common.security import client_channel
 from services.common.settings import Settings
 from services.mixer.features import FeatureIndex, advertiser_priors
 from services.mixer.merge import merge
@@ -54,7 +56,7 @@ class MixerCore:
     def __init__(self, settings: Settings, index_dir: Callable[[], Path | None]) -> None:
         self.s = settings
         self.m = MixerMetrics()
-        self.channel = grpc.aio.insecure_channel(settings.user_server_addr)
+        self.channel = client_channel(settings.user_server_addr, settings)
         self.users = pb_grpc.UserServerStub(self.channel)
         self.index_dir = index_dir
         self.features: FeatureIndex | None = None
@@ -73,8 +75,13 @@ class MixerCore:
             raise Unavailable(f"user server: {exc.code().name} {exc.details() or ''}".strip()) from None
 
     async def ready(self) -> bool:
-        return await check_health(self.s.user_server_addr, "leadre.v1.UserServer",
-                                  self.s.mixer_timeout_s)
+        try:  # on our own channel, so TLS settings apply to the probe too
+            resp = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service="leadre.v1.UserServer"),
+                timeout=self.s.mixer_timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     # -- retrieval --------------------------------------------------------------------------
     async def retrieve(self, user_id: str, k: int) -> RetrieveResponse:

@@ -4,15 +4,15 @@ Bad input → 422 with a message, the user server down → 503, never a tracebac
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from leadre_model.data.records import ID_PATTERN
 from services.common.grpcio import BadRequest, Unavailable
+from services.common.security import api_keys
 from services.mixer.core import MixerCore
+from services.mixer.guard import Guard
 from services.mixer.models import (
     ErrorOut,
     RankFeaturesRequest,
@@ -21,28 +21,20 @@ from services.mixer.models import (
     RetrieveResponse,
     UserOut,
 )
+from services.mixer.timing import Timing
 
 log = logging.getLogger(__name__)
-ERRORS = {422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+ERRORS = {401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
+          503: {"model": ErrorOut}}
 
 
 def create_app(core: MixerCore) -> FastAPI:
     app = FastAPI(title="LEADRE Mixer", version="1",
                   description="LEADRE retrieval merged with a fallback branch; ranking features.")
+    # Outermost: API key (when LEADRE_API_KEYS is set) and body size, before any parsing.
+    app.add_middleware(Guard, keys=api_keys(core.s), max_body=core.s.max_request_bytes)
 
-    @app.middleware("http")
-    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            core.m.latency.labels(f"{request.method} {path}", str(status)).observe(
-                time.perf_counter() - t0)
+    app.add_middleware(Timing, latency=core.m.latency)  # outside Guard: 401/413 are timed too
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:

@@ -17,6 +17,7 @@ import uvicorn
 
 from services.common.grpcio import add_health, set_not_serving
 from services.common.pb import leadre_pb2_grpc as pb_grpc
+from services.common.security import ApiKeyInterceptor, add_port, api_keys, grpc_options
 from services.common.settings import Settings
 from services.mixer.core import MixerCore
 from services.mixer.grpc_service import SERVICE, MixerService
@@ -50,11 +51,14 @@ async def start_mixer(settings: Settings, index_dir: Callable[[], Path | None],
     """Start both servers (ports 0: any free port). Returns the process handle and the
     task running uvicorn (it ends after :meth:`MixerProcess.stop` or a signal)."""
     core = MixerCore(settings, index_dir)
-    server = grpc.aio.server()
+    keys = api_keys(settings)
+    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)] if keys else None,
+                             options=grpc_options(settings))
     pb_grpc.add_MixerServicer_to_server(MixerService(core), server)
     health = await add_health(server, [SERVICE])
-    port = server.add_insecure_port(
-        f"{settings.bind_host}:{settings.mixer_grpc_port if grpc_port is None else grpc_port}")
+    port = add_port(
+        server, f"{settings.bind_host}:{settings.mixer_grpc_port if grpc_port is None else grpc_port}",
+        settings)
     await server.start()
     config = uvicorn.Config(create_app(core), host=settings.bind_host,
                             port=settings.mixer_http_port if http_port is None else http_port,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from services.common.security import redis_options
 from services.common.settings import Settings
 from services.common.versions import current_version_dir, version_index_dir
 from services.nearline.balancer import RetrievalClient
@@ -31,7 +32,7 @@ def triton_client(settings: Settings) -> Callable[[str], RetrievalClient]:
 
 
 def catalog_loop(settings: Settings, name: str, stop: threading.Event) -> None:
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_options(settings))
     applier = CatalogApplier(r, name, Path(settings.live_index_dir),
                              lambda: version_index_dir(settings),
                              cache_path=Path(settings.live_index_dir).parent / "live_embeddings.npz")

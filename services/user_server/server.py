@@ -23,6 +23,7 @@ from services.common.grpcio import BadRequest, add_health, rpc, set_not_serving
 from services.common.metrics import Metrics
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
+from services.common.security import add_port, grpc_options
 from services.common.settings import Settings
 from services.user_server.store import ServedAd, UserStore
 
@@ -112,10 +113,11 @@ async def start_user_server(settings: Settings, port: int | None = None
     """Start the server (port 0: any free port); returns (server, bound port, store, health)."""
     metrics = UserServerMetrics()
     store = UserStore(settings)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=grpc_options(settings))
     pb_grpc.add_UserServerServicer_to_server(UserServerService(store, settings, metrics), server)
     health = await add_health(server, [SERVICE])
-    bound = server.add_insecure_port(f"{settings.bind_host}:{settings.user_server_port if port is None else port}")
+    bound = add_port(server, f"{settings.bind_host}:{settings.user_server_port if port is None else port}",
+                     settings)
     await server.start()
     metrics.serve(settings.user_metrics_port if port is None else 0, settings.bind_host)
     log.info("user server listening", extra={"port": bound})

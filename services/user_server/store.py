@@ -17,6 +17,7 @@ from leadre_model.data.records import Ad, AdStatus, Behavior, ContentItem, Domai
 from services.common import keys
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
 from services.common.listcodec import StoredList, decode_list
+from services.common.security import redis_options
 from services.common.settings import Settings
 from services.common.userstate import (
     RECORD_LUA,
@@ -61,8 +62,10 @@ def fallback_score(ad: Ad, clicks: int) -> float:
 class UserStore:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.r = aioredis.from_url(settings.redis_url, decode_responses=True)
-        self.rb = aioredis.from_url(settings.redis_url, decode_responses=False)  # list blobs
+        self.r = aioredis.from_url(settings.redis_url, decode_responses=True,
+                                    **redis_options(settings))
+        self.rb = aioredis.from_url(settings.redis_url, decode_responses=False,
+                                     **redis_options(settings))  # list blobs
         self._record = self.r.register_script(RECORD_LUA)
         self._bounds: tuple[float, list[float]] = (0.0, [])
 
