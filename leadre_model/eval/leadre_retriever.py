@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
 
 from leadre_model.data.store import iter_records, load_ads
 from leadre_model.eval.harness import EvalCase
@@ -57,13 +56,7 @@ class LeadreRetriever:
     def recommend(self, histories: Sequence[EvalCase], k: int) -> list[list[str]]:
         beam = max(k, self.cfg.beam_width)
         prompts = self.prompts(histories)
-        out: list[list[str]] = []
-        step = self.cfg.batch_size * 4
-        chunks = range(0, len(prompts), step)
-        for s in tqdm(chunks, desc=f"{self.name} decode", unit=" batch",
-                      disable=not self.cfg.progress or len(chunks) < 2):
-            hits = constrained_beam_search(self.model, self.tokenizer, prompts[s:s + step],
-                                           self.trie, self.level_ids, beam_width=beam, top_k=k,
-                                           batch_size=self.cfg.batch_size)
-            out += [[self.index.ad_ids[h.row] for h in hs] for hs in hits]
-        return out
+        hits = constrained_beam_search(self.model, self.tokenizer, prompts, self.trie,
+                                       self.level_ids, beam_width=beam, top_k=k,
+                                       batch_size=self.cfg.batch_size, progress=self.cfg.progress)
+        return [[self.index.ad_ids[h.row] for h in hs] for hs in hits]
