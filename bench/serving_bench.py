@@ -9,6 +9,9 @@
                        time, so queueing counts (target <= 10)
   redis_get_rps        redis-benchmark -t get
   bytes_per_user_list  Redis MEMORY USAGE of one user's 20-ad list key (target <= 160)
+  *_cpu_ms_per_req     CPU time (user + system, from /proc) each server process spent per
+                       request during the saturation run: unlike the rates, it does not
+                       depend on what else the shared machine is running
 
     python bench/serving_bench.py [--redis redis://127.0.0.1:6379/15] [--seconds 5]
 
@@ -184,6 +187,12 @@ def _spy(out: Path, procs: list[subprocess.Popen[bytes]], seconds: float
             for fmt, ext in (("speedscope", "speedscope.json"),)]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -245,12 +254,19 @@ def main() -> None:
             bodies = _bodies(users)
             asyncio.run(http_closed_loop(http_port, bodies, a.connections, 1.0))  # warm up
             spies = [] if a.profile is None else _spy(a.profile, procs[:2], a.seconds)
+            cpu0 = [cpu_s(p.pid) for p in procs]
             mixer_rps, errors = asyncio.run(http_closed_loop(http_port, bodies, a.connections,
                                                              a.seconds))
+            cpu1 = [cpu_s(p.pid) for p in procs]
             for spy in spies:
                 spy.wait(30)
             floor_rps, _ = asyncio.run(http_closed_loop(floor_port, bodies, a.connections,
                                                         a.seconds))
+            cpu2 = [cpu_s(p.pid) for p in procs]
+            n_mixer, n_floor = mixer_rps * a.seconds, floor_rps * a.seconds
+            cpu_ms = {"user_server": 1000 * (cpu1[0] - cpu0[0]) / n_mixer,
+                      "mixer": 1000 * (cpu1[1] - cpu0[1]) / n_mixer,
+                      "floor": 1000 * (cpu2[2] - cpu1[2]) / n_floor}
             grpc_rps = asyncio.run(grpc_closed_loop(f"127.0.0.1:{grpc_port}", users,
                                                     a.connections, a.seconds))
             lat = asyncio.run(http_open_loop(http_port, bodies, mixer_rps / 2, a.seconds))
@@ -274,6 +290,8 @@ def main() -> None:
     print(f"p99_ms_at_half_load: {percentile(lat, 0.99):.2f}")
     print(f"redis_get_rps: {get_rps:.0f}")
     print(f"bytes_per_user_list: {bytes_per_list}")
+    for name, ms in cpu_ms.items():
+        print(f"{name}_cpu_ms_per_req: {ms:.3f}")
     print(f"cpu_cores: {os.cpu_count()}")
     print(f"load_avg_1m: {os.getloadavg()[0]:.2f}")
 

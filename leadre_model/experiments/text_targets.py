@@ -68,7 +68,7 @@ from leadre_model.llm.tokenizer import train_tokenizer
 from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.config import PromptConfig, PromptTemplate
 from leadre_model.prompts.tasks import Sample, SplitName, explicit_samples, user_samples
-from leadre_model.train.pipeline import TrainConfig
+from leadre_model.train.pipeline import TrainConfig, cap_samples
 from leadre_model.train.sft import parse_curriculum, run_curriculum
 
 TextTargetKind = Literal["name", "compressed"]
@@ -246,7 +246,8 @@ def train_text_variant(world: Path, index_dir: Path, out: Path, cfg: TrainConfig
     texts = index_texts(index, ads, kind)
     tasks = sorted({t for stage in parse_curriculum(cfg.curriculum) for t in stage})
     samples = text_samples(world, index, cfg.prompts, texts, tasks, "train")
-    by_task = {t: [s for s in samples if s["task"] == t][: cfg.max_samples_per_task] for t in tasks}
+    by_task = {t: cap_samples([s for s in samples if s["task"] == t], cfg.max_samples_per_task,
+                              cfg.sft.seed) for t in tasks}
     timings["samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

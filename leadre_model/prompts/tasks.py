@@ -10,6 +10,11 @@ are those of :mod:`leadre_model.train.sft`:
 * ``main`` the main task: history with ads as S-IDs (``use_sids_for_ads``) → next S-ID.
 * ``adv``  advertiser prediction (the companion paper): the same history → the next ad's
   advertiser, as advertiser tokens (below).
+* ``lm``   behaviour-sequence language modelling: one row per user, the main-task prompt of
+  the user's latest train target followed by its S-ID, trained with the loss on *every*
+  token (:func:`leadre_model.train.sft.train_stage`). A pretrained LLM brings a language
+  model to fine-tuning; a model trained from scratch gets its one here, and every ad in a
+  history is a next-token target instead of only the last (dense supervision, as SASRec).
 
 Splits follow :func:`leadre_model.data.split.leave_one_out`: train samples target only
 train targets (with ``positive_reuse`` every one of them, each with its own prefix as
@@ -52,7 +57,7 @@ from leadre_model.index.trie import SidTrie
 from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.config import PromptConfig
 
-TASKS = ("ex", "im", "main", "adv")
+TASKS = ("ex", "im", "main", "adv", "lm")
 SPLITS = ("train", "valid", "test")
 SplitName = Literal["train", "valid", "test"]
 Sample = dict[str, str]
@@ -182,13 +187,14 @@ def user_samples(
         targets = [] if target is None else [target]
     uid = h.user.user_id
     for i in targets:
+        per_target = [t for t in tasks if t != "lm" or (split == "train" and i == targets[-1])]
         ad_id = h.behaviors[i].item_id
         try:
             sid = index.sid(index.row_of(ad_id))
         except KeyError:
             continue  # an ad outside the index cannot be a generation target
         history, now = h.behaviors[:i], h.behaviors[i].ts
-        for task in tasks:
+        for task in per_target:
             if task == "adv":
                 ad = builder.ads.get(ad_id)
                 if advertisers is None or ad is None:
@@ -196,7 +202,8 @@ def user_samples(
                 completion, ads_as, question = advertisers.token(ad.advertiser_id), None, "advertiser"
             else:
                 completion, ads_as, question = sid, ("name" if task == "im" else None), "ad"
-            rng = random.Random(f"{cfg.seed}|{task}|{uid}|{i}") if split == "train" else None
+            rng = (random.Random(f"{cfg.seed}|{task}|{uid}|{i}")
+                   if split == "train" and task != "lm" else None)  # lm: canonical prompt
             for t in _templates(cfg, rng):
                 prompt = builder.build(h.user, history, now, rng, template=t, ads_as=ads_as,
                                        question=question)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import Field
 from leadre_model.config import _Config
 from leadre_model.data.store import load_ads
 from leadre_model.index.sid_index import SidIndex, load_index
+from leadre_model.index.sids import sid_vocabulary
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model, save_model
 from leadre_model.llm.tokenizer import TokenizerConfig, level_token_ids, train_tokenizer
@@ -29,6 +31,8 @@ class TrainConfig(_Config):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     curriculum: str = "ex>im>main"
     sft: SFTStageConfig = Field(default_factory=lambda: SFT_PRESETS["tiny"])
+    lm: SFTStageConfig | None = Field(default=None, description="settings of the curriculum's "
+                                      "'lm' stage, if it has one (default: those of sft)")
     dpo: DPOStageConfig | None = Field(default_factory=lambda: DPO_PRESETS["tiny"])
     dpo_users: int = Field(default=400, ge=1, description="main-task samples used for DPO pairs")
     max_samples_per_task: int | None = Field(default=None, ge=1)
@@ -62,8 +66,13 @@ def _tasks(curriculum: str) -> list[str]:
     return sorted({t for stage in parse_curriculum(curriculum) for t in stage})
 
 
-def _cap(samples: list[dict[str, Any]], n: int | None) -> list[dict[str, Any]]:
-    return samples if n is None else samples[:n]
+def cap_samples(samples: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    """A seeded random ``n`` of the samples, in their original order. Samples come user by
+    user, so taking the first ``n`` would train on the first few users only."""
+    if n is None or len(samples) <= n:
+        return samples
+    keep = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return [samples[i] for i in keep]
 
 
 def train_leadre(
@@ -77,18 +86,22 @@ def train_leadre(
     index = load_index(index_dir)
     tasks = _tasks(cfg.curriculum)
     samples = build_samples(world, index, cfg.prompts, tasks, "train")
-    by_task = {t: _cap([s for s in samples if s["task"] == t], cfg.max_samples_per_task)
-               for t in tasks}
+    by_task = {t: cap_samples([s for s in samples if s["task"] == t], cfg.max_samples_per_task,
+                        cfg.sft.seed) for t in tasks}
     timings["samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    corpus = [s["prompt"] for group in by_task.values() for s in group]
-    tokenizer = train_tokenizer(corpus, index.level_sizes, cfg=cfg.tokenizer)
-    model, tokenizer = build_model(cfg.llm, tokenizer)
+    if cfg.llm.base == "tiny":
+        corpus = [s["prompt"] for group in by_task.values() for s in group]
+        tokenizer = train_tokenizer(corpus, index.level_sizes, cfg=cfg.tokenizer)
+        model, tokenizer = build_model(cfg.llm, tokenizer)
+    else:  # a checkpoint keeps its own tokenizer; the S-ID tokens it lacks are added
+        model, tokenizer = build_model(cfg.llm, new_tokens=sid_vocabulary(index.level_sizes))
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sft_logs = run_curriculum(model, tokenizer, by_task, cfg.curriculum, cfg.sft, progress)
+    sft_logs = run_curriculum(model, tokenizer, by_task, cfg.curriculum, cfg.sft, progress,
+                              lm_cfg=cfg.lm)
     timings["sft_s"] = time.perf_counter() - t0
 
     summary: dict[str, Any] = {"config": cfg.model_dump(), "sft": sft_logs}

@@ -7,7 +7,9 @@ decoding agree on what a probability means (full-vocabulary next-token softmax).
 
 A curriculum is a list of stages, each a set of tasks trained together; stages run in
 order on the same model (EX → IM → Main is ``ex>im>main``; ``main+im+ex`` mixes all three
-in one stage — the variants of Table 2).
+in one stage — the variants of Table 2). ``lm`` (behaviour-sequence language modelling, see
+:mod:`leadre_model.prompts.tasks`) is a stage of its own, trained with the loss on every
+token; ``lm>ex>im>main`` is the default for a model trained from scratch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.config import _Config
 
-TASKS = ("ex", "im", "main", "adv")
+TASKS = ("ex", "im", "main", "adv", "lm")
 
 
 class SFTStageConfig(_Config):
@@ -57,6 +59,11 @@ CURRICULA: dict[str, list[list[str]]] = {
 }
 
 
+def strip_lm(spec: str) -> str:
+    """The curriculum without its ``lm`` stage (``lm>ex>im>main`` → ``ex>im>main``)."""
+    return ">".join(st for st in spec.split(">") if st != "lm")
+
+
 def parse_curriculum(spec: str) -> list[list[str]]:
     """``ex>im>main`` → [[ex], [im], [main]]; ``main+ex`` → [[main, ex]]."""
     stages = [[t for t in stage.split("+") if t] for stage in spec.split(">")]
@@ -64,6 +71,9 @@ def parse_curriculum(spec: str) -> list[list[str]]:
     if unknown or not all(stages):
         raise ValueError(f"bad curriculum {spec!r}: stages are '+'-joined tasks from {TASKS}, "
                          "separated by '>'")
+    if any("lm" in st and len(st) > 1 for st in stages):
+        raise ValueError(f"bad curriculum {spec!r}: 'lm' (loss on every token) is a stage of "
+                         "its own, e.g. 'lm>ex>im>main'")
     return stages
 
 
@@ -125,12 +135,20 @@ def train_stage(
     cfg: SFTStageConfig,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """One SFT pass over ``samples``; returns TRL's log history (loss per logging step)."""
+    """One SFT pass over ``samples``; returns TRL's log history (loss per logging step).
+    ``lm`` samples train as plain text (prompt + completion, loss on every token); all
+    others as prompt-completion rows with the loss on the completion only."""
     from trl import SFTConfig, SFTTrainer
 
     if not samples:
         raise ValueError("no training samples for this stage")
-    rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
+    lm = {s.get("task") == "lm" for s in samples}
+    if len(lm) > 1:
+        raise ValueError("an 'lm' stage cannot mix in other tasks")
+    if lm == {True}:
+        rows: list[dict[str, str]] = [{"text": s["prompt"] + s["completion"]} for s in samples]
+    else:
+        rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
     return run_trainer(
         SFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
         lr_scheduler_type="cosine_with_min_lr",
@@ -138,7 +156,7 @@ def train_stage(
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         optim="adamw_torch",
-        completion_only_loss=True,
+        completion_only_loss=lm != {True},
     )
 
 
@@ -149,8 +167,10 @@ def run_curriculum(
     curriculum: str,
     cfg: SFTStageConfig,
     progress: bool = True,
+    lm_cfg: SFTStageConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every stage in order; a mixed stage shuffles its tasks' samples together."""
+    """Run every stage in order; a mixed stage shuffles its tasks' samples together.
+    ``lm_cfg``: the settings of an ``lm`` stage (default: ``cfg``)."""
     logs = []
     for i, stage in enumerate(parse_curriculum(curriculum)):
         missing = [t for t in stage if not samples_by_task.get(t)]
@@ -158,6 +178,7 @@ def run_curriculum(
             raise ValueError(f"curriculum {curriculum!r} stage {i + 1} needs samples for {missing}")
         samples = [s for t in stage for s in samples_by_task[t]]
         random.Random(cfg.seed + i).shuffle(samples)
-        history = train_stage(model, tokenizer, samples, cfg, progress)
+        stage_cfg = lm_cfg if stage == ["lm"] and lm_cfg is not None else cfg
+        history = train_stage(model, tokenizer, samples, stage_cfg, progress)
         logs.append({"stage": "+".join(stage), "samples": len(samples), "history": history})
     return logs

@@ -19,6 +19,7 @@ CATALOG_GROUP = "catalog"  # consumer group of the catalog applier on AD_UPDATES
 ADS = "leadre:ads"  # hash ad_id -> Ad JSON
 AD_CATEGORY = "leadre:ads:category"  # hash ad_id -> category_l2 (fallback lookups)
 AD_CLICKS = "leadre:ads:clicks"  # hash ad_id -> positive ad events counted at seed (popularity)
+CATALOG_VERSION = "leadre:ads:version"  # bumped by every ad write (user servers' hot caches)
 CONTENT = "leadre:content"  # hash content_id -> ContentItem JSON
 CONTENT_CATEGORY = "leadre:content:category"  # hash content_id -> category
 TIER_BOUNDS = "leadre:tiers:bounds"  # JSON list of the 24 ARPU cut points between 25 tiers

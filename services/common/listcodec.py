@@ -78,9 +78,9 @@ class _Reader:
         self.pos += n
         return s
 
-    def items(self) -> list[RetrievedAd]:
+    def items(self) -> list[dict]:
         (n,) = self.take(_U16)
-        return [RetrievedAd(ad_id=self.string(), score=self.take(_F32)[0]) for _ in range(n)]
+        return [{"ad_id": self.string(), "score": self.take(_F32)[0]} for _ in range(n)]
 
 
 def decode_list(buf: bytes) -> StoredList:
@@ -93,5 +93,7 @@ def decode_list(buf: bytes) -> StoredList:
     ads, advertisers = r.items(), r.items()
     if r.pos != len(buf):
         raise ValueError("trailing bytes after the list encoding")
-    return StoredList(version=version, updated_ms=updated_ms, model_version=model_version,
-                      ads=ads, advertisers=advertisers)
+    # one validation in pydantic's Rust core: a model per entry cost more (hot path)
+    return StoredList.model_validate({"version": version, "updated_ms": updated_ms,
+                                      "model_version": model_version, "ads": ads,
+                                      "advertisers": advertisers})

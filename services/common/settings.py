@@ -5,6 +5,8 @@ Later services add their fields here; the README's settings table lists them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     user_max_batch: int = Field(default=1000, ge=1)
     behavior_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     fallback_categories: int = Field(default=3, ge=1)
+    hot_cache_ttl_s: float = Field(default=1.0, ge=0, description="user server: how stale the "
+                                   "cached top of a fallback ranking may be")
+    hot_cache_max_items: int = Field(default=1_000_000, ge=1, description="user server: ad "
+                                     "records / content categories held before the cache resets")
     # mixer
     mixer_http_port: int = Field(default=8080, ge=0, le=65535)
     mixer_grpc_port: int = Field(default=50051, ge=0, le=65535)
@@ -39,6 +45,9 @@ class Settings(BaseSettings):
     mixer_max_candidates: int = Field(default=500, ge=1)
     mixer_leadre_share: float = Field(default=0.75, ge=0, le=1)
     mixer_timeout_s: float = Field(default=1.0, gt=0)
+    mixer_list_source: Literal["redis", "grpc"] = Field(
+        default="redis", description="redis: read lists in process (one round trip); grpc: "
+        "through the user server (services/mixer/sources.py)")
     # nearline worker
     worker_name: str | None = Field(default=None, description="consumer name; default hostname")
     worker_read_count: int = Field(default=256, ge=1)
@@ -46,6 +55,9 @@ class Settings(BaseSettings):
     worker_coalesce_ms: int = Field(default=50, ge=0)
     worker_batch_size: int = Field(default=16, ge=1)
     worker_concurrency: int = Field(default=2, ge=1)
+    worker_max_pending: int = Field(default=4096, ge=1,
+                                    description="stream entries one worker holds un-acked; at "
+                                    "the bound it reads no more (backpressure)")
     worker_capacity_per_s: float | None = Field(default=None, gt=0)
     worker_skip_after_s: float | None = Field(default=None, gt=0)
     worker_protected_tier: int = Field(default=20, ge=0, le=25)

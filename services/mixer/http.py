@@ -50,9 +50,11 @@ def create_app(core: MixerCore) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERRORS)
-    async def retrieve(req: RetrieveRequest) -> RetrieveResponse:
+    async def retrieve(req: RetrieveRequest) -> Response:
         """Top-k ads for a user: LEADRE list merged with the fallback branch."""
-        return await core.retrieve(req.user_id, req.k)
+        # Serialized here: FastAPI would validate the response model a second time.
+        resp = await core.retrieve(req.user_id, req.k)
+        return Response(resp.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/rank-features", response_model=RankFeaturesResponse, responses=ERRORS)
     async def rank_features(req: RankFeaturesRequest) -> RankFeaturesResponse:

@@ -5,36 +5,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.mixer.models import Consumption, ServedAd
+from services.mixer.models import Consumption
 
 
-def merge(leadre: Sequence[ServedAd], fallback: Sequence[ServedAd], k: int,
-          leadre_share: float) -> tuple[list[ServedAd], Consumption]:
+def merge(leadre: Sequence[dict], fallback: Sequence[dict], k: int,
+          leadre_share: float) -> tuple[list[dict], Consumption]:
     """Up to ``round(k * leadre_share)`` LEADRE ads first (in their order), then fallback
-    ads, then more LEADRE ads if the fallback runs short; no ad twice."""
-    in_leadre = {a.ad_id for a in leadre}
-    in_fallback = {a.ad_id for a in fallback}
+    ads, then more LEADRE ads if the fallback runs short; no ad twice. Ads are dicts with
+    :class:`~services.mixer.models.ServedAd`'s fields (the response validates them)."""
+    in_leadre = {a["ad_id"] for a in leadre}
+    in_fallback = {a["ad_id"] for a in fallback}
     quota = min(k, round(k * leadre_share)) if fallback else k
-    out: list[ServedAd] = []
+    out: list[dict] = []
     seen: set[str] = set()
 
-    def take(items: Sequence[ServedAd], limit: int) -> None:
+    def take(items: Sequence[dict], limit: int) -> None:
         for a in items:
             if len(out) >= limit:
                 return
-            if a.ad_id not in seen:
-                seen.add(a.ad_id)
-                other = in_fallback if a.provenance == "leadre" else in_leadre
-                out.append(a.model_copy(update={"also_in_other_branch": a.ad_id in other}))
+            ad_id = a["ad_id"]
+            if ad_id not in seen:
+                seen.add(ad_id)
+                other = in_fallback if a["provenance"] == "leadre" else in_leadre
+                out.append({**a, "also_in_other_branch": ad_id in other})
 
     take(leadre, quota)
     take(fallback, k)
     take(leadre, k)
     c = Consumption()
     for a in out:
-        if a.ad_id in in_leadre and a.ad_id in in_fallback:
+        if a["ad_id"] in in_leadre and a["ad_id"] in in_fallback:
             c.both += 1
-        elif a.ad_id in in_leadre:
+        elif a["ad_id"] in in_leadre:
             c.leadre_exclusive += 1
         else:
             c.fallback_exclusive += 1

@@ -57,6 +57,7 @@ def seed_catalog(r: redis.Redis, ads: Sequence[Ad], content: Iterable[ContentIte
                 score = fallback_score(ad, clicks.get(ad.ad_id, 0))
                 pipe.zadd(keys.fallback_key(ad.category_l2), {ad.ad_id: score})
                 pipe.zadd(keys.FALLBACK_GLOBAL, {ad.ad_id: score})
+        pipe.incr(keys.CATALOG_VERSION)
         pipe.execute()
     n_content = 0
     for chunk in _chunks(content):
@@ -64,6 +65,7 @@ def seed_catalog(r: redis.Redis, ads: Sequence[Ad], content: Iterable[ContentIte
         for item in chunk:
             pipe.hset(keys.CONTENT, item.content_id, item.model_dump_json())
             pipe.hset(keys.CONTENT_CATEGORY, item.content_id, item.category)
+        pipe.incr(keys.CATALOG_VERSION)
         pipe.execute()
         n_content += len(chunk)
     return n_content

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from leadre_model.data.records import Ad, AdStatus, Behavior, ContentItem, Domain, User
+from leadre_model.data.records import (
+    POSITIVE_ACTIONS,
+    Ad,
+    AdStatus,
+    Behavior,
+    ContentItem,
+    Domain,
+    User,
+)
 from services.common import keys
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
 from services.common.listcodec import StoredList, decode_list
@@ -26,8 +34,10 @@ from services.common.userstate import (
     parse_member,
     tier_of,
 )
+from services.user_server.hotcache import HotCache
 
 FALLBACK_HISTORY = 50  # newest behaviours whose categories drive the fallback branch
+POSITIVE = frozenset(a.value for a in POSITIVE_ACTIONS)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class UserStore:
         self.rb = aioredis.from_url(settings.redis_url, decode_responses=False,
                                      **redis_options(settings))  # list blobs
         self._record = self.r.register_script(RECORD_LUA)
+        self.cache = HotCache(settings.hot_cache_ttl_s, settings.hot_cache_max_items)
         self._bounds: tuple[float, list[float]] = (0.0, [])
 
     async def close(self) -> None:
@@ -93,50 +104,91 @@ class UserStore:
 
     # -- lists --------------------------------------------------------------------------
     async def get_list(self, user_id: str, k: int, fallback_k: int) -> ListResult:
-        blob = await self.rb.hget(keys.user_key(user_id, "list"), "d")
+        """The user's LEADRE list (without paused or unknown ads) and the fallback branch.
+        One round trip when the hot cache has the ads and rankings involved."""
+        pipe = self.rb.pipeline(transaction=False)
+        pipe.hget(keys.user_key(user_id, "list"), "d")
+        pipe.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
+        pipe.get(keys.CATALOG_VERSION)
+        blob, members, catalog_version = await pipe.execute()
+        self.cache.sync(catalog_version)
         stored = decode_list(blob) if blob else None
+        n_fb = max(fallback_k, k if stored is None else 0)
         ads: list[ServedAd] = []
         if stored is not None:
-            records = await self.ads([a.ad_id for a in stored.ads])
+            records = await self.cached_ads([a.ad_id for a in stored.ads])
             ads = [ServedAd(a.ad_id, a.score, rec) for a, rec in zip(stored.ads, records)
                    if rec is not None and rec.status is AdStatus.ACTIVE]
             ads = ads[:k] if k else ads
-        n_fb = max(fallback_k, k if stored is None else 0)
-        fallback = await self.fallback(user_id, n_fb) if n_fb else []
+        fallback = await self._fallback(members, n_fb) if n_fb else []
         return ListResult(stored, ads, fallback)
+
+    async def cached_ads(self, ad_ids: Sequence[str]) -> list[Ad | None]:
+        """Ad records through the hot cache (call after ``cache.sync``); misses in one HMGET."""
+        cached = self.cache.ads
+        missing = [a for a in dict.fromkeys(ad_ids) if a not in cached]
+        if missing:
+            for ad in await self.ads(missing):
+                if ad is not None:
+                    self.cache.put_ad(ad)
+        return [cached.get(a) for a in ad_ids]
 
     async def fallback(self, user_id: str, n: int) -> list[ServedAd]:
         """Top eCPM x popularity ads of the user's most frequent recent categories, then
         of the whole catalog; categories share the slots by their frequency."""
-        cats = await self._user_categories(user_id)
-        pipe = self.r.pipeline(transaction=False)
-        for c, _ in cats:
-            pipe.zrevrange(keys.fallback_key(c), 0, n - 1, withscores=True)
-        pipe.zrevrange(keys.FALLBACK_GLOBAL, 0, 2 * n - 1, withscores=True)
-        ranked = await pipe.execute()
+        pipe = self.rb.pipeline(transaction=False)
+        pipe.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
+        pipe.get(keys.CATALOG_VERSION)
+        members, catalog_version = await pipe.execute()
+        self.cache.sync(catalog_version)
+        return await self._fallback(members, n)
+
+    async def _fallback(self, members: Sequence[bytes], n: int) -> list[ServedAd]:
+        cats = await self._user_categories(members)
+        wanted = [(keys.fallback_key(c), n) for c, _ in cats] + [(keys.FALLBACK_GLOBAL, 2 * n)]
+        ranked = [self.cache.ranking(key, depth) for key, depth in wanted]
+        stale = [i for i, r in enumerate(ranked) if r is None]
+        if stale:
+            pipe = self.r.pipeline(transaction=False)
+            for i in stale:
+                pipe.zrevrange(wanted[i][0], 0, wanted[i][1] - 1, withscores=True)
+            for i, entries in zip(stale, await pipe.execute()):
+                entries = [(a, float(sc)) for a, sc in entries]
+                self.cache.put_ranking(wanted[i][0], wanted[i][1], entries)
+                ranked[i] = entries
         total = sum(w for _, w in cats) or 1
         quotas = [max(1, round(n * w / total)) for _, w in cats] + [n]
         chosen: dict[str, float] = {}
         for quota, entries in zip(quotas, ranked):
             taken = 0
-            for ad_id, score in entries:
+            for ad_id, score in entries or ():
                 if len(chosen) >= n or taken >= quota:
                     break
                 if ad_id not in chosen:
                     chosen[ad_id], taken = score, taken + 1
-        records = await self.ads(list(chosen))
+        records = await self.cached_ads(list(chosen))
         return [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
 
-    async def _user_categories(self, user_id: str) -> list[tuple[str, int]]:
-        members = await self.r.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
-        behaviors = [parse_member(user_id, m) for m in members]
-        positive = [b for b in behaviors if b.is_positive()]
-        ad_ids = [b.item_id for b in positive if b.domain is Domain.AD]
-        content_ids = [b.item_id for b in positive if b.domain is Domain.CONTENT]
+    async def _user_categories(self, members: Sequence[bytes]) -> list[tuple[str, int]]:
+        """Most frequent categories of the positive behaviours among ``members`` (history
+        zset members, newest first). Parsed without building Behavior records: hot path."""
+        ad_ids: list[str] = []
+        content_ids: list[str] = []
+        for m in members:
+            _, domain, action, item_id = m.decode().split("|", 3)
+            if action in POSITIVE:
+                (ad_ids if domain == Domain.AD.value else content_ids).append(item_id)
         cats: Counter[str] = Counter()
-        for hkey, ids in ((keys.AD_CATEGORY, ad_ids), (keys.CONTENT_CATEGORY, content_ids)):
-            if ids:
-                cats.update(c for c in await self.r.hmget(hkey, ids) if c)
+        for ad in await self.cached_ads(ad_ids):
+            if ad is not None:
+                cats[ad.category_l2] += 1
+        known = self.cache.content_category
+        missing = [c for c in dict.fromkeys(content_ids) if c not in known]
+        if missing:
+            for cid, cat in zip(missing, await self.r.hmget(keys.CONTENT_CATEGORY, missing)):
+                if cat:
+                    self.cache.put_content_category(cid, cat)
+        cats.update(known[c] for c in content_ids if c in known)
         return cats.most_common(self.s.fallback_categories)
 
     # -- users --------------------------------------------------------------------------
@@ -219,5 +271,6 @@ class UserStore:
                 n_status += change is AdChange.STATUS
                 pipe.xadd(keys.AD_UPDATES_STREAM, AdUpdateEvent(ad_id=ad.ad_id, change=change)
                           .to_fields())
+        pipe.incr(keys.CATALOG_VERSION)  # every user server's hot cache drops its ad copies
         await pipe.execute()
         return n_new, n_status

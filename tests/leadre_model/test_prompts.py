@@ -403,3 +403,20 @@ def test_streaming_matches_the_list_and_rejects_unknown_tasks(small_world) -> No
     assert list(it) == build_samples(small_world, index, PromptConfig(), ["main"], "valid")
     with pytest.raises(ValueError, match="tasks must be among"):
         build_samples(small_world, index, PromptConfig(), ["nope"], "train")
+
+
+def test_lm_task_is_one_canonical_full_history_row_per_user_and_never_leaks(small_world) -> None:
+    index = make_index([f"ad{i}" for i in range(12)])
+    sid = {a: index.sid(index.row_of(a)) for a in index.ad_ids}
+    train = build_samples(small_world, index, PromptConfig(), ["main", "lm"], "train")
+    lm = [s for s in train if s["task"] == "lm"]
+    plain = PromptConfig(multi_template=False, profile_reorder=False)
+    main = build_samples(small_world, index, plain, ["main"], "train")
+    # One row per user, for the latest train target: that target's canonical main prompt.
+    assert [(s["user_id"], s["target_ad"]) for s in lm] == [("u1", "ad2"), ("u2", "ad4")]
+    latest = {(s["user_id"], s["target_ad"]): s for s in main}
+    for s in lm:
+        assert s["completion"] == sid[s["target_ad"]]
+        assert s["prompt"] == latest[s["user_id"], s["target_ad"]]["prompt"]
+        assert not any(sid[a] in s["prompt"] + s["completion"] for a in ("ad8", "ad9", "ad10", "ad11"))
+    assert build_samples(small_world, index, PromptConfig(), ["lm"], "test") == []

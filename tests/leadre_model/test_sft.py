@@ -81,3 +81,31 @@ def test_loss_is_on_the_completion_only(tiny):
     assert trained[:3] == tok.convert_tokens_to_ids(["<a_0>", "<b_0>", "<c_0>"])
     assert set(trained[:3]) <= sid_ids and trained[-1] == tok.eos_token_id
     assert torch.is_tensor(labels)
+
+
+def test_lm_stage_stands_alone_and_puts_the_loss_on_every_token(tiny):
+    assert parse_curriculum("lm>ex>im>main")[0] == ["lm"]
+    with pytest.raises(ValueError, match="stage of its own"):
+        parse_curriculum("lm+main")
+    model, tok = tiny
+    rows = [{**s, "task": "lm"} for s in samples()]
+    cfg = SFT_PRESETS["tiny"].model_copy(update={"epochs": 8, "lr": 1e-2, "logging_steps": 5})
+    hist = run_curriculum(model, tok, {"lm": rows}, "lm", cfg, progress=False)[0]["history"]
+    # Prompt words are trained too: the whole sentence becomes predictable, so the loss per
+    # token falls far below what the S-ID tokens alone could give.
+    assert hist[-1]["loss"] < 0.25 * hist[0]["loss"], hist
+    ids = tok("The user keeps looking at red things. What ad next? ", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1]
+    p_next = torch.softmax(logits, -1).gather(1, ids[0, 1:, None]).squeeze(1)
+    assert float(p_next[1:].mean()) > 0.5  # prompt tokens are now predicted
+
+
+def test_cap_samples_draws_across_users_not_the_first_ones():
+    from leadre_model.train.pipeline import cap_samples
+
+    rows = [{"user_id": f"u{u}", "i": i} for u in range(50) for i in range(20)]
+    kept = cap_samples(rows, 100, seed=0)
+    assert len(kept) == 100 and len({r["user_id"] for r in kept}) > 40
+    assert kept == sorted(kept, key=rows.index)  # original order kept
+    assert cap_samples(rows, 100, seed=0) == kept and cap_samples(rows, None, 0) == rows

@@ -1,6 +1,7 @@
 """The Mixer over real uvicorn + gRPC, with a real User Server and Redis: branch merge,
 consumption counts, ranking features, bad input → 422 / INVALID_ARGUMENT, the user
-server down → 503 / UNAVAILABLE."""
+server down → 503 / UNAVAILABLE. The behaviour tests run with both list sources (lists
+read in process, and through the user server's gRPC API)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def _start(bg: BackgroundLoop, settings: Settings, index_dir: Path) -> MixerProc
     return proc
 
 
-@pytest.fixture
-def mixer(bg: BackgroundLoop, settings: Settings, user_server: str, svc_world,
-          ) -> Iterator[tuple[httpx.Client, pb_grpc.MixerStub]]:
-    s = settings.model_copy(update={"user_server_addr": user_server, "mixer_max_k": 50})
+@pytest.fixture(params=["redis", "grpc"])
+def mixer(request: pytest.FixtureRequest, bg: BackgroundLoop, settings: Settings, user_server: str,
+          svc_world) -> Iterator[tuple[httpx.Client, pb_grpc.MixerStub]]:
+    s = settings.model_copy(update={"user_server_addr": user_server, "mixer_max_k": 50,
+                                    "mixer_list_source": request.param})
     seed(s, svc_world[0])
     proc = _start(bg, s, svc_world[1])
     with httpx.Client(base_url=f"http://127.0.0.1:{proc.http_port}", timeout=10) as http:
@@ -125,7 +127,8 @@ def test_bad_grpc_input_is_invalid_argument(mixer) -> None:
 
 
 def test_user_server_down_is_503_and_not_ready(bg: BackgroundLoop, settings: Settings, svc_world) -> None:
-    s = settings.model_copy(update={"user_server_addr": "127.0.0.1:1", "mixer_timeout_s": 0.3})
+    s = settings.model_copy(update={"user_server_addr": "127.0.0.1:1", "mixer_timeout_s": 0.3,
+                                    "mixer_list_source": "grpc"})
     proc = _start(bg, s, svc_world[1])
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{proc.http_port}") as http:
