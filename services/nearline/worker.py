@@ -7,6 +7,10 @@ pending entries, and every worker periodically takes over entries idle for
 ``worker_claim_idle_ms`` from dead consumers (XAUTOCLAIM). Malformed entries, and entries
 whose computation failed ``MAX_FAILURES`` times, go to the dead-letter stream with the
 reason. Scheduling (coalescing, ARPU tiers, capacity budget): :mod:`.scheduler`.
+
+Backpressure: a worker holds at most ``worker_max_pending`` entries read and not yet
+acked (reads, recovery and claims ask for no more than the room left); when inference is
+slow the rest waits in the stream, for this worker or another one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -79,6 +83,7 @@ class NearlineWorker:
         self.source: PromptSource | None = None
         self.pool = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="infer")
         self.futures: set[Future[None]] = set()
+        self.held: set[str] = set()  # entries read and not yet acked (≤ worker_max_pending)
         self.done: queue.SimpleQueue[tuple[list[Job], bool]] = queue.SimpleQueue()
         self.failures: Counter[str] = Counter()  # entry id -> failed computations
         self._failures_lock = threading.Lock()
@@ -141,10 +146,14 @@ class NearlineWorker:
         self._dispatch()
         busy = not self.scheduler.idle()
         block = max(1, min(self.s.worker_block_ms, 10 if busy else self.s.worker_block_ms))
-        got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {keys.BEHAVIOR_STREAM: ">"},
-                                count=self.s.worker_read_count, block=block)
-        for _, entries in got or []:
-            self._ingest(entries, "new")
+        room = self._room()
+        if room:
+            got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {keys.BEHAVIOR_STREAM: ">"},
+                                    count=room, block=block)
+            for _, entries in got or []:
+                self._ingest(entries, "new")
+        else:  # full: wait for completions instead of reading more
+            self.stopping.wait(block / 1000)
         self._dispatch()
         self._report()
 
@@ -156,12 +165,21 @@ class NearlineWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _room(self) -> int:
+        """Entries this worker may still read (``worker_read_count`` at most)."""
+        return max(0, min(self.s.worker_read_count, self.s.worker_max_pending - len(self.held)))
+
+    def _release(self, entry_ids: Iterable[str]) -> None:
+        with self._failures_lock:
+            self.held.difference_update(entry_ids)
+
     def _recover_own(self) -> None:
-        """Entries delivered to this consumer name before a crash and never acked."""
+        """Entries delivered to this consumer name before a crash and never acked (up to
+        the bound; the rest are claimed back later, see :meth:`_reclaim`)."""
         last = "0"
-        while True:
+        while room := self._room():
             got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {keys.BEHAVIOR_STREAM: last},
-                                    count=self.s.worker_read_count)
+                                    count=room)
             entries = got[0][1] if got else []
             if not entries:
                 return
@@ -172,10 +190,12 @@ class NearlineWorker:
         """XAUTOCLAIM entries idle past worker_claim_idle_ms (their consumer died)."""
         start = "0-0"
         for _ in range(100):  # bounded per round
+            room = self._room()
+            if not room:
+                return
             cursor, entries, *_ = self.r.xautoclaim(
                 keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, self.name,
-                min_idle_time=self.s.worker_claim_idle_ms, start_id=start,
-                count=self.s.worker_read_count)
+                min_idle_time=self.s.worker_claim_idle_ms, start_id=start, count=room)
             self._ingest([e for e in entries if e and e[1]], "reclaimed")
             if cursor in ("0-0", b"0-0") or not entries:
                 return
@@ -190,6 +210,8 @@ class NearlineWorker:
             if isinstance(ev, str):
                 self._dead_letter(entry_id, fields, ev)
                 continue
+            with self._failures_lock:
+                self.held.add(entry_id)
             self.scheduler.add(ev.user_id, ev.tier, entry_id, ev.seq)
             self.m.events.labels(how).inc()
 
@@ -199,6 +221,7 @@ class NearlineWorker:
                   maxlen=self.s.behavior_stream_maxlen, approximate=True)
         pipe.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, entry_id)
         pipe.execute()
+        self._release([entry_id])
         self.m.events.labels("dead_letter").inc()
         log.warning("dead-lettered", extra={"entry": entry_id, "reason": reason})
 
@@ -206,6 +229,7 @@ class NearlineWorker:
     def _dispatch(self) -> None:
         for job in self.scheduler.expire():  # skipped under pressure: the old list stays
             self.r.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, *job.entry_ids)
+            self._release(job.entry_ids)
         while len(self.futures) < self.s.worker_concurrency and not self.stopping.is_set():
             jobs = self.scheduler.take(self.s.worker_batch_size)
             if not jobs:
@@ -286,6 +310,7 @@ class NearlineWorker:
 
     def _ack(self, job: Job) -> None:
         self.r.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, *job.entry_ids)
+        self._release(job.entry_ids)
         now_ms = time.time() * 1000
         for e in job.entry_ids:
             with self._failures_lock:

@@ -1,15 +1,24 @@
 """Helpers of the service tests (imported by conftest.py and the tests): Redis locations, a
 background event loop for async servers, an in-process stand-in inference client (for the
-worker's scheduling tests only) and Redis seeding."""
+worker's scheduling tests only), Redis seeding, and the fault tests' tools: serving
+processes that can be SIGKILLed, a TCP proxy that delays answers, a list-version sampler."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import redis
 
@@ -67,3 +76,190 @@ def seed(settings: Settings, world: Path, **kw: Any) -> Any:
 
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     return seed_world(r, world, settings, **kw)
+
+
+# ------------------------------------------------------------------------- fault tests
+class ServeProc:
+    """``leadre serve ARGS`` as a real child process in its own session, settings passed as
+    ``LEADRE_*`` variables, output appended to ``log``. :meth:`kill9` sends SIGKILL to the
+    whole process group (a crashed pod: PyTriton's tritonserver child dies with it)."""
+
+    def __init__(self, args: list[str], settings: Settings, log: Path, **env: str) -> None:
+        from services.launcher import settings_env
+
+        self.args, self.log = args, Path(log)
+        self.env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> ServeProc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            out.write(f"--- start {self.starts + 1}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen([sys.executable, "-m", "leadre_model.cli", "serve",
+                                          *self.args], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.starts += 1
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logged(self, text: str) -> int:
+        """Times ``text`` occurs in the log of the current incarnation."""
+        body = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return body.rsplit(f"--- start {self.starts}\n", 1)[-1].count(text)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (the process drains), SIGKILL to the group after ``timeout``; exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        code = self.proc.poll()
+        with contextlib.suppress(ProcessLookupError):  # leftovers of the group, if any
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        return code
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+class DelayProxy:
+    """A TCP proxy in front of ``target`` (``host:port``) that holds every byte coming back
+    from the target until ``delay`` seconds after it arrived (settable while running; bytes
+    already held follow the new value): a slow instance, as a real gRPC client sees it.
+    Bytes keep their order."""
+
+    def __init__(self, target: str, delay: float = 0.0) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target, self.delay = (host, int(port)), delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._open: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.sock.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                continue
+            self.connections += 1
+            self._open += [client, upstream]
+            chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, chunks), daemon=True).start()
+            threading.Thread(target=self._deliver, args=(chunks, client, upstream), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket,
+              delayed: queue.SimpleQueue[tuple[float, bytes]] | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if delayed is None:
+                    dst.sendall(data)
+                else:
+                    delayed.put((time.monotonic(), data))
+        except OSError:
+            pass
+        if delayed is not None:
+            delayed.put((0.0, b""))
+        else:
+            self._shut(src, dst)
+
+    def _deliver(self, chunks: queue.SimpleQueue[tuple[float, bytes]], client: socket.socket,
+                 upstream: socket.socket) -> None:
+        try:
+            while True:
+                arrived, data = chunks.get()
+                if not data:
+                    break
+                while time.monotonic() < arrived + self.delay:
+                    time.sleep(0.01)
+                client.sendall(data)
+        except OSError:
+            pass
+        self._shut(client, upstream)
+
+    @staticmethod
+    def _shut(*socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.sock.close()
+        for s in self._open:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+class VersionSampler:
+    """Samples every user's list version (``lv`` and the stored list's ``v``) on a thread
+    every ``every`` seconds and records any value lower than one seen before."""
+
+    def __init__(self, r: redis.Redis, users: list[str], every: float = 0.02) -> None:
+        self.r, self.users, self.every = r, users, every
+        self.last: dict[tuple[str, str], int] = {}
+        self.decreases: list[tuple[str, str, int, int]] = []  # user, key, before, after
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from services.common.keys import user_key
+
+        while not self._stop.wait(self.every):
+            pipe = self.r.pipeline(transaction=False)
+            for u in self.users:
+                pipe.get(user_key(u, "lv"))
+                pipe.hget(user_key(u, "list"), "v")
+            vals = pipe.execute()
+            for i, u in enumerate(self.users):
+                for key, raw in (("lv", vals[2 * i]), ("list", vals[2 * i + 1])):
+                    if raw is None:
+                        continue
+                    v, before = int(raw), self.last.get((u, key), -1)
+                    if v < before:
+                        self.decreases.append((u, key, before, v))
+                    self.last[(u, key)] = max(v, before)
+            self.samples += 1
