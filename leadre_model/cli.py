@@ -193,13 +193,17 @@ def train(
     index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
     out: Path = typer.Option(..., help="model directory to write"),
     preset: str = typer.Option("tiny", help="demo | tiny | experiment | paper"),
-    curriculum: str | None = typer.Option(None, help="e.g. ex>im>main, main+im+ex, main"),
-    base: str | None = typer.Option(None, help="local HF causal-LM checkpoint (default: tiny Qwen2)"),
+    curriculum: str | None = typer.Option(
+        None, help="e.g. lm>ex>im>main, ex>im>main, main+im+ex, main (lm: language modelling "
+        "of the behaviour corpus, for a model from scratch)"),
+    base: str | None = typer.Option(None, help="local HF causal-LM checkpoint (default: tiny "
+                                    "Qwen2 from scratch; a checkpoint skips the preset's lm stage)"),
     dpo: bool = typer.Option(True, help="align to eCPM with DPO after SFT"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Curriculum SFT (EX → IM → Main) and DPO; saves safetensors + manifest."""
     from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
+    from leadre_model.train.sft import strip_lm
 
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
@@ -209,6 +213,8 @@ def train(
         update["curriculum"] = curriculum
     if base:
         update["llm"] = cfg.llm.model_copy(update={"base": base})
+        if not curriculum:  # a pretrained checkpoint already is a language model
+            update["curriculum"] = strip_lm(cfg.curriculum)
     if not dpo:
         update["dpo"] = None
     cfg = type(cfg).model_validate({**cfg.model_dump(), **update})
@@ -289,7 +295,7 @@ def demo(
     console.rule("[bold]3/5 index report")
     index_report(index=workdir / "index", world=workdir / "world", out=None)
     _show_examples(workdir)
-    console.rule("[bold]4/5 LLM alignment: curriculum SFT (EX → IM → Main) + DPO")
+    console.rule("[bold]4/5 LLM alignment: LM on the corpus, curriculum SFT (EX → IM → Main), DPO")
     train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
           curriculum=None, base=None, dpo=True, progress=True)
     _show_retrievals(workdir)

@@ -38,6 +38,7 @@ from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 from leadre_model.experiments.presets import EXPERIMENT_TRAIN
 from leadre_model.experiments.report import write_report
 from leadre_model.train.pipeline import TrainConfig, train_leadre
+from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig
 
 STUDIES = ("table1", "table2", "table6", "fig4a", "fig4b", "fig5")
 REFERENCE = "ex>im>main"
@@ -78,6 +79,11 @@ class AblationConfig(BaseModel):
     train: TrainConfig = Field(default_factory=lambda: EXPERIMENT_TRAIN)
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(dice_drops=(1, 2, 4, 8),
                                                                 progress=False))
+    pretrain: SFTStageConfig | None = Field(
+        default_factory=lambda: SFT_PRESETS["lm-tiny"],
+        description="train one base model with the 'lm' stage (loss on every token of the "
+        "train users' behaviour sequences) and start every variant from it, as the paper's "
+        "variants all start from one pretrained LLM; None: each variant starts from scratch")
     baselines: tuple[str, ...] = ("popularity", "popularity_ecpm", "itemcf", "sasrec_ce")
     studies: tuple[str, ...] = STUDIES
     beam_width: int = Field(20, ge=1)
@@ -96,6 +102,16 @@ def _train_cfg(base: TrainConfig, v: Variant | None, dpo: bool) -> TrainConfig:
 
 def _done(model_dir: Path) -> bool:
     return (model_dir / "manifest.json").exists()
+
+
+def _trained_s(model_dir: Path) -> float:
+    """Training wall time recorded in a saved model's train_log.json (a resumed run reuses
+    the model, so its own clock would say ~0)."""
+    try:
+        timings = json.loads((model_dir / "train_log.json").read_text())["timings"]
+    except (OSError, KeyError, ValueError):
+        return float("nan")
+    return float(sum(timings.values()))
 
 
 def run_ablations(cfg: AblationConfig, out: Path,
@@ -137,6 +153,19 @@ def run_ablations(cfg: AblationConfig, out: Path,
 
     lcfg = LeadreEvalConfig(beam_width=cfg.beam_width, progress=cfg.progress)
 
+    train_base = cfg.train
+    if cfg.pretrain is not None:
+        base = models / "base"
+        if not _done(base):
+            log("training the base model (lm stage: behaviour-sequence language modelling)")
+            base_cfg = cfg.train.model_copy(update={"curriculum": "lm", "lm": cfg.pretrain,
+                                                    "dpo": None})
+            results["train"]["base"] = train_leadre(world, index_dir, base, base_cfg,
+                                                    progress=cfg.progress)
+        timings["train_base_s"] = _trained_s(base)
+        train_base = cfg.train.model_copy(update={
+            "llm": cfg.train.llm.model_copy(update={"base": str(base.resolve())})})
+
     def leadre(name: str, model_dir: Path, label: str) -> Retriever:
         results["labels"][name] = label
         return LeadreRetriever(name, model_dir, index_dir, world, lcfg)
@@ -148,10 +177,12 @@ def run_ablations(cfg: AblationConfig, out: Path,
         log("training the reference (EX → IM → Main" + (" + DPO)" if with_dpo else ")"))
         t = time.perf_counter()
         target = ref_dpo if with_dpo else ref_sft
-        summary = train_leadre(world, index_dir, target, _train_cfg(cfg.train, None, with_dpo),
+        summary = train_leadre(world, index_dir, target, _train_cfg(train_base, None, with_dpo),
                                progress=cfg.progress, sft_out=ref_sft if with_dpo else None)
         timings["train_reference_s"] = time.perf_counter() - t
         results["train"]["reference"] = summary
+    else:
+        timings["train_reference_s"] = _trained_s(ref_dpo if with_dpo else ref_sft)
     refs = [leadre("reference", ref_sft, "LEADRE (EX → IM → Main, SFT)")]
     if with_dpo:
         refs.append(leadre("reference_dpo", ref_dpo, "LEADRE + DPO"))
@@ -161,19 +192,18 @@ def run_ablations(cfg: AblationConfig, out: Path,
         if v.study not in cfg.studies:
             continue
         model_dir = models / v.name
-        t = time.perf_counter()
         if not _done(model_dir):
             log(f"training {v.name} ({v.label})")
             if v.text_target is None:
                 results["train"][v.name] = train_leadre(
-                    world, index_dir, model_dir, _train_cfg(cfg.train, v, False),
+                    world, index_dir, model_dir, _train_cfg(train_base, v, False),
                     progress=cfg.progress)
             else:
                 from leadre_model.experiments.text_targets import train_text_variant
 
                 results["train"][v.name] = train_text_variant(
-                    world, index_dir, model_dir, _train_cfg(cfg.train, v, False), v.text_target)
-        timings[f"train_{v.name}_s"] = time.perf_counter() - t
+                    world, index_dir, model_dir, _train_cfg(train_base, v, False), v.text_target)
+        timings[f"train_{v.name}_s"] = _trained_s(model_dir)
         if v.text_target is None:
             r = leadre(v.name, model_dir, v.label)
         else:

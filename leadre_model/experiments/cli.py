@@ -23,6 +23,9 @@ def ablations(
     ads: int = typer.Option(1000, min=50, help="synthetic ads"),
     epochs: float | None = typer.Option(None, min=0.1, help="SFT epochs per stage (default: preset)"),
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
+    pretrain_epochs: float = typer.Option(
+        6.0, min=0.0, help="epochs of the shared base model's 'lm' stage (0: every variant "
+        "starts from scratch)"),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True),
 ) -> None:
@@ -40,6 +43,8 @@ def ablations(
         train=train,
         eval=base.eval.model_copy(update={"max_test_users": max_test_users, "seed": seed}),
         studies=tuple(s.strip() for s in studies.split(",") if s.strip()),
+        pretrain=(base.pretrain.model_copy(update={"epochs": pretrain_epochs})
+                  if base.pretrain is not None and pretrain_epochs > 0 else None),
         progress=progress,
     )
     out = reports / run

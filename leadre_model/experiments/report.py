@@ -150,6 +150,11 @@ def write_report(results: dict[str, Any], cfg: Any, out: Path) -> Path:
     parts = ["# LEADRE ablations\n",
              (f"World: {cfg.world.model_dump_json()}\n\nSplit: {results['data']}\n\n"
              f"Training budget (every variant): {cfg.train.model_dump_json()}\n\n"
+             + ("Every variant starts from one base model trained from scratch with the `lm` "
+                "stage (loss on every token of each train user's behaviour sequence; the "
+                "from-scratch counterpart of the paper's pretrained LLM): "
+                f"{cfg.pretrain.model_dump_json()}\n\n" if getattr(cfg, "pretrain", None) else "")
+             + 
              f"Beam width {cfg.beam_width}; LTRR labels: {results.get('ltrr_labels', '')}\n"),
              "## Done-when checks\n", "\n".join(_checks(rows, results)) + "\n",
              "## All models\n",

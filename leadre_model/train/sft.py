@@ -48,6 +48,9 @@ SFT_PRESETS: dict[str, SFTStageConfig] = {
     # A ~1M-parameter model from scratch needs a much larger step size than a pretrained LLM.
     "tiny": SFTStageConfig(epochs=3, lr=3e-3, min_lr=3e-4, batch_size=16, grad_accum=1,
                            warmup_ratio=0.05),
+    # The `lm` stage of a model from scratch: one row per user, so more passes.
+    "lm-tiny": SFTStageConfig(epochs=6, lr=3e-3, min_lr=3e-4, batch_size=16, grad_accum=1,
+                              warmup_ratio=0.05),
 }
 
 CURRICULA: dict[str, list[list[str]]] = {

@@ -13,6 +13,7 @@ from leadre_model.eval.harness import EvalConfig
 from leadre_model.experiments.ablations import VARIANTS, AblationConfig, run_ablations
 from leadre_model.experiments.presets import EXPERIMENT_TRAIN
 from leadre_model.llm.model import LLMConfig
+from leadre_model.train.sft import SFT_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,21 @@ def tiny_run(tmp_path_factory):
     cfg = AblationConfig(world=SynthConfig(n_users=40, n_ads=120, n_content=120), train=train,
                          eval=EvalConfig(dice_drops=(1, 2), progress=False),
                          baselines=("popularity", "itemcf"), studies=("table1", "fig4b", "fig5"),
+                         pretrain=SFT_PRESETS["lm-tiny"].model_copy(update={"epochs": 0.5}),
                          beam_width=8, progress=False)
     logs: list[str] = []
     results = run_ablations(cfg, out, log=logs.append)
     return cfg, out, results, logs
+
+
+def test_every_variant_starts_from_the_shared_lm_base(tiny_run):
+    _, out, results, logs = tiny_run
+    base = out / "models" / "base"
+    assert [s["stage"] for s in json.loads((base / "train_log.json").read_text())["sft"]] == ["lm"]
+    for name in ("reference_dpo", "wo_content", "wo_summary"):
+        cfg = json.loads((out / "models" / name / "train_log.json").read_text())["config"]
+        assert cfg["llm"]["base"] == str(base.resolve()) and "lm" not in cfg["curriculum"]
+    assert results["timings"]["train_base_s"] > 0 and any("base model" in m for m in logs)
 
 
 def test_every_variant_is_trained_and_scored(tiny_run):
@@ -70,6 +82,8 @@ def test_rerun_reuses_trained_models(tiny_run):
         return {k: v for k, v in r.items() if not k.endswith("_s")}  # not the timings
 
     assert figures(again["retrievers"]["reference"]) == figures(first["retrievers"]["reference"])
+    # reused models report the training time they were saved with, not ~0
+    assert again["timings"]["train_wo_content_s"] == first["timings"]["train_wo_content_s"] > 0
 
 
 def test_unknown_study_is_refused(tmp_path):

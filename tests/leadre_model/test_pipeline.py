@@ -28,6 +28,7 @@ def trained(tmp_path_factory):
     base = TRAIN_PRESETS["demo"]
     cfg = base.model_copy(update={
         "sft": base.sft.model_copy(update={"epochs": 1, "logging_steps": 1}),
+        "lm": base.lm.model_copy(update={"epochs": 1, "logging_steps": 1}),
         "dpo": base.dpo.model_copy(update={"logging_steps": 1}),
         "max_samples_per_task": 60,
         "dpo_users": 20,
@@ -38,7 +39,7 @@ def trained(tmp_path_factory):
 
 def test_every_stage_ran_and_was_logged(trained):
     _, _, model_dir, summary = trained
-    assert [s["stage"] for s in summary["sft"]] == ["ex", "im", "main"]
+    assert [s["stage"] for s in summary["sft"]] == ["lm", "ex", "im", "main"]
     assert all(s["samples"] > 0 and s["history"] for s in summary["sft"])
     assert summary["dpo_pairs"] > 0 and summary["dpo"]
     assert (model_dir / "train_log.json").exists()
@@ -63,3 +64,17 @@ def test_model_refuses_another_index(trained, tmp_path):
     _, _, model_dir, _ = trained
     with pytest.raises(ValueError, match="index"):
         load_model(model_dir, expected_index_digest="0" * 64)
+
+
+def test_a_checkpoint_base_is_fine_tuned_with_its_own_tokenizer(trained, tmp_path):
+    # The saved model as `--base`: its tokenizer (with the S-ID tokens) must be reused, not a
+    # new one trained on the corpus, or token ids would no longer match the embeddings.
+    world, index_dir, model_dir, _ = trained
+    base_tok = load_model(model_dir)[1]
+    cfg = TRAIN_PRESETS["demo"].model_copy(update={
+        "llm": TRAIN_PRESETS["demo"].llm.model_copy(update={"base": str(model_dir)}),
+        "curriculum": "main", "dpo": None, "max_samples_per_task": 20,
+        "sft": TRAIN_PRESETS["demo"].sft.model_copy(update={"epochs": 1})})
+    train_leadre(world, index_dir, tmp_path / "ft", cfg, progress=False)
+    tok = load_model(tmp_path / "ft")[1]
+    assert tok.get_vocab() == base_tok.get_vocab()

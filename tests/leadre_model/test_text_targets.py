@@ -65,6 +65,7 @@ def tiny_train_config() -> TrainConfig:
         "tokenizer": TokenizerConfig(vocab_size=400),
         "prompts": PromptConfig(max_behaviors=8, token_budget=256),
         "sft": base.sft.model_copy(update={"epochs": 1, "logging_steps": 1}),
+        "curriculum": "ex>im>main",  # text targets have no lm stage of their own
         "max_samples_per_task": 16,  # one optimiser step per stage
     })
 
