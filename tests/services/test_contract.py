@@ -52,3 +52,19 @@ def test_list_encoding_is_compact_and_rejects_garbage() -> None:
         with pytest.raises(ValueError):
             decode_list(bad)
     assert math.isclose(decode_list(blob).ads[0].score, -1.5)
+
+
+def test_lists_written_in_format_1_still_decode() -> None:
+    import struct
+
+    def s8(x: str) -> bytes:
+        return bytes([len(x)]) + x.encode()
+
+    v1 = (struct.pack(">2sBQq", b"LL", 1, 7, 1234) + s8("m-old")
+          + struct.pack(">H", 2) + s8("ad_1") + struct.pack(">f", -0.5) + s8("ad_2")
+          + struct.pack(">f", -1.0) + struct.pack(">H", 1) + s8("adv_1") + struct.pack(">f", 0.25))
+    lst = decode_list(v1)
+    assert (lst.version, lst.updated_ms, lst.model_version) == (7, 1234, "m-old")
+    assert [(a.ad_id, a.score) for a in lst.ads] == [("ad_1", -0.5), ("ad_2", -1.0)]
+    assert [(a.ad_id, a.score) for a in lst.advertisers] == [("adv_1", 0.25)]
+    assert encode_list(lst)[2] == 2  # rewritten in the current format
