@@ -64,6 +64,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         tokenizer=TokenizerConfig(vocab_size=1000),
         prompts=PromptConfig(max_behaviors=15, token_budget=320),
         sft=SFT_PRESETS["tiny"].model_copy(update={"epochs": 2}),
+        lm=SFT_PRESETS["lm-tiny"],  # with --curriculum lm>…
         max_samples_per_task=1000,
         dpo_users=300,
     ),
