@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -252,6 +253,10 @@ def main() -> None:
             assert probe["list_hit"], probe
 
             bodies = _bodies(users)
+            # The world and seeding left a large heap in this (client) process: without this
+            # a full collection pauses the load client and shows up as server latency.
+            gc.collect()
+            gc.freeze()
             asyncio.run(http_closed_loop(http_port, bodies, a.connections, 1.0))  # warm up
             spies = [] if a.profile is None else _spy(a.profile, procs[:2], a.seconds)
             cpu0 = [cpu_s(p.pid) for p in procs]
