@@ -50,7 +50,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         tokenizer=TokenizerConfig(vocab_size=1000),
         prompts=PromptConfig(max_behaviors=15, token_budget=320),
         curriculum="lm>ex>im>main",
-        lm=SFT_PRESETS["lm-tiny"].model_copy(update={"epochs": 3}),
+        lm=SFT_PRESETS["lm-tiny"].model_copy(update={"epochs": 8}),
         sft=SFT_PRESETS["tiny"].model_copy(update={"epochs": 2}),
         dpo_users=150,
         max_samples_per_task=600,
