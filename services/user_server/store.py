@@ -133,17 +133,10 @@ class UserStore:
                     self.cache.put_ad(ad)
         return [cached.get(a) for a in ad_ids]
 
-    async def fallback(self, user_id: str, n: int) -> list[ServedAd]:
-        """Top eCPM x popularity ads of the user's most frequent recent categories, then
-        of the whole catalog; categories share the slots by their frequency."""
-        pipe = self.rb.pipeline(transaction=False)
-        pipe.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
-        pipe.get(keys.CATALOG_VERSION)
-        members, catalog_version = await pipe.execute()
-        self.cache.sync(catalog_version)
-        return await self._fallback(members, n)
-
     async def _fallback(self, members: Sequence[bytes], n: int) -> list[ServedAd]:
+        """Top eCPM x popularity ads of the user's most frequent recent categories (from
+        ``members``, the newest history entries), then of the whole catalog; categories
+        share the slots by their frequency."""
         cats = await self._user_categories(members)
         wanted = [(keys.fallback_key(c), n) for c, _ in cats] + [(keys.FALLBACK_GLOBAL, 2 * n)]
         ranked = [self.cache.ranking(key, depth) for key, depth in wanted]
