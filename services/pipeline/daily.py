@@ -79,24 +79,22 @@ def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
     from leadre_model.index.sids import sid_vocabulary
     from leadre_model.llm.model import build_model, read_manifest, save_model
     from leadre_model.prompts.tasks import build_samples
-    from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig
-    from leadre_model.train.sft import parse_curriculum, run_curriculum
+    from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, cap_samples
+    from leadre_model.train.sft import parse_curriculum, run_curriculum, strip_lm
 
     manifest = read_manifest(prev_model)
     saved = manifest.get("extra", {}).get("train", {}).get("config")
     cfg = TrainConfig.model_validate(saved) if saved else TRAIN_PRESETS["demo"]
     index = load_index(index_dir)
-    tasks = sorted({t for stage in parse_curriculum(cfg.curriculum) for t in stage})
+    curriculum = strip_lm(cfg.curriculum)  # the served model already is a language model
+    tasks = sorted({t for stage in parse_curriculum(curriculum) for t in stage})
     samples = build_samples(world, index, cfg.prompts, tasks, "train")
-    by_task: dict[str, list[dict[str, str]]] = {}
-    for s in samples:
-        group = by_task.setdefault(s["task"], [])
-        if len(group) < settings.daily_max_samples_per_task:
-            group.append(s)
+    by_task = {t: cap_samples([s for s in samples if s["task"] == t],
+                              settings.daily_max_samples_per_task, cfg.sft.seed) for t in tasks}
     model, tok = build_model(cfg.llm.model_copy(update={"base": str(prev_model)}),
                              new_tokens=sid_vocabulary(index.level_sizes))
     sft = cfg.sft.model_copy(update={"epochs": settings.daily_epochs})
-    logs = run_curriculum(model, tok, by_task, cfg.curriculum, sft, progress=False)
+    logs = run_curriculum(model, tok, by_task, curriculum, sft, progress=False)
     summary = {"config": cfg.model_dump(), "continued_from": manifest["model_version"],
                "sft": logs, "samples": {t: len(v) for t, v in by_task.items()}}
     save_model(model, tok, out, index.digest(), extra={"train": summary})
