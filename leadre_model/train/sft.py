@@ -145,10 +145,11 @@ def train_stage(
 
     if not samples:
         raise ValueError("no training samples for this stage")
-    lm = {s.get("task") == "lm" for s in samples}
-    if len(lm) > 1:
+    is_lm = [s.get("task") == "lm" for s in samples]
+    lm = all(is_lm)
+    if any(is_lm) and not lm:
         raise ValueError("an 'lm' stage cannot mix in other tasks")
-    if lm == {True}:
+    if lm:
         rows: list[dict[str, str]] = [{"text": s["prompt"] + s["completion"]} for s in samples]
     else:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
@@ -159,7 +160,7 @@ def train_stage(
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         optim="adamw_torch",
-        completion_only_loss=lm != {True},
+        completion_only_loss=not lm,
     )
 
 

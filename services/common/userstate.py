@@ -52,8 +52,15 @@ def behavior_member(b: Behavior) -> str:
     return f"{b.ts}|{b.domain.value}|{b.action.value}|{b.item_id}"
 
 
-def parse_member(user_id: str, member: str) -> Behavior:
+def member_fields(member: str) -> tuple[str, str, str, str]:
+    """(ts, domain, action, item_id) of a history member, without building a record (the
+    list read path parses 50 of them per request)."""
     ts, domain, action, item_id = member.split("|", 3)
+    return ts, domain, action, item_id
+
+
+def parse_member(user_id: str, member: str) -> Behavior:
+    ts, domain, action, item_id = member_fields(member)
     return Behavior(user_id=user_id, ts=int(ts), domain=domain, action=action, item_id=item_id)
 
 

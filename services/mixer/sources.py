@@ -14,7 +14,8 @@ ad updates) either way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,15 +72,21 @@ def _from_store(items: Sequence[us.ServedAd], provenance: Provenance) -> list[di
             for a in items]
 
 
+@contextmanager
+def _redis_down_is_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unavailable(f"redis: {exc}") from None
+
+
 class RedisSource:
     def __init__(self, settings: Settings) -> None:
         self.store = us.UserStore(settings)
 
     async def get_list(self, user_id: str, k: int, fallback_k: int) -> UserLists:
-        try:
+        with _redis_down_is_unavailable():
             res = await self.store.get_list(user_id, k, fallback_k)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise Unavailable(f"redis: {exc}") from None
         st = res.stored
         return UserLists(
             hit=st is not None, version=st.version if st else 0,
@@ -88,17 +95,13 @@ class RedisSource:
             advertisers={a.ad_id: a.score for a in st.advertisers} if st else {})
 
     async def advertisers_of(self, ad_ids: Sequence[str]) -> dict[str, str]:
-        try:
+        with _redis_down_is_unavailable():
             ads: list[Ad | None] = await self.store.ads(list(ad_ids))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise Unavailable(f"redis: {exc}") from None
         return {a.ad_id: a.advertiser_id for a in ads if a is not None}
 
     async def user(self, user_id: str, recent: int) -> UserOut:
-        try:
+        with _redis_down_is_unavailable():
             v = await self.store.get_user(user_id, recent)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise Unavailable(f"redis: {exc}") from None
         u = v.user
         return UserOut(user_id=user_id, known=v.known,
                        profile=_profile(u.age, u.gender or "", u.residence or "",

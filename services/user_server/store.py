@@ -30,6 +30,7 @@ from services.common.settings import Settings
 from services.common.userstate import (
     RECORD_LUA,
     behavior_member,
+    member_fields,
     parse_bounds,
     parse_member,
     tier_of,
@@ -168,7 +169,7 @@ class UserStore:
         ad_ids: list[str] = []
         content_ids: list[str] = []
         for m in members:
-            _, domain, action, item_id = m.decode().split("|", 3)
+            _, domain, action, item_id = member_fields(m.decode())
             if action in POSITIVE:
                 (ad_ids if domain == Domain.AD.value else content_ids).append(item_id)
         cats: Counter[str] = Counter()
