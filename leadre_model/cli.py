@@ -230,49 +230,72 @@ def eval_cmd(
     world: Path = typer.Option(..., help="world directory (split leave-one-out per user)"),
     model: list[Path] = typer.Option([], help="trained LEADRE model directory (repeatable)"),
     index: Path | None = typer.Option(None, help="index directory the models were trained on"),
-    baselines: str = typer.Option("popularity,itemcf,sasrec_ce",
-                                  help="comma-separated: popularity, popularity_ecpm, itemcf, "
-                                  "sasrec_ce, sasrec_bce ('' for none)"),
+    baselines: str = typer.Option("popularity,recent,itemcf,sasrec_ce",
+                                  help="comma-separated: popularity, popularity_ecpm, recent, "
+                                  "itemcf, sasrec_ce, sasrec_bce ('' for none)"),
     beam: int = typer.Option(20, min=1, help="beam width B for LEADRE"),
-    sasrec_budget_s: float | None = typer.Option(None, min=1, help="cap on SASRec training time"),
+    sasrec_budget_s: float | None = typer.Option(
+        None, min=1, help="cap on SASRec training time (default: none, early stopping on "
+        "validation decides; a cap is shown in the bar and recorded in results.json)"),
+    exclude_seen: str = typer.Option("both", help="off | on | both: mask each user's earlier "
+                                     "target ads in every retriever, LEADRE included"),
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
+    cache: Path | None = typer.Option(Path(".leadre_cache/baselines"),
+                                      help="fitted-baseline cache (per split and settings)"),
     out: Path | None = typer.Option(None, help="write results.json and results.md here"),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True),
 ) -> None:
-    """HR@K, NDCG@K, Recall@K, diversity, LTRR@K, eCPM@K, invalid rate and Dice for LEADRE
-    models and baselines on one leave-one-out split (see leadre_model/eval/harness.py)."""
-    from leadre_model.eval.harness import EvalConfig, baseline_retrievers, evaluate, render_table
+    """HR@K (± standard error), NDCG@K, Recall@K, diversity, LTRR@K, eCPM@K, invalid rate
+    and Dice for LEADRE models and baselines on one leave-one-out split
+    (see leadre_model/eval/harness.py)."""
+    from leadre_model.eval.baselines import SASRecConfig
+    from leadre_model.eval.harness import EvalConfig, baseline_retrievers, evaluate_both
     from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 
     if model and index is None:
         raise ValueError("--model needs --index (the index the model was trained on)")
+    if exclude_seen not in ("off", "on", "both"):
+        raise ValueError(f"--exclude-seen must be off, on or both, not {exclude_seen!r}")
     cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
-    from leadre_model.eval.baselines import SASRecConfig
-
     sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)
-    retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress)
+    retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress,
+                                                cache_dir=cache)
     lcfg = LeadreEvalConfig(beam_width=beam, progress=progress)
     for i, m in enumerate(model):
         name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
         retrievers.append(LeadreRetriever(name, m, index, world, lcfg))  # type: ignore[arg-type]
-    results = evaluate(world, retrievers, cfg)
-    table = render_table(results)
+    results = evaluate_both(world, retrievers, cfg, exclude_seen)
+    _print_results(results, world)
+    if out is not None:
+        from leadre_model.eval.harness import render_table
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (out / "results.md").write_text(f"# Evaluation of {world}\n\n{render_table(results)}\n\n"
+                                        f"LTRR labels: {results['ltrr_labels']}\n")
+        console.print(f"results → {out}")
+
+
+def _print_results(results: dict[str, Any], world: Path) -> None:
     rows = results["retrievers"]
-    view = Table(title=f"leave-one-out test on {world} ({results['data']['test']} users)")
+    console.print(f"leave-one-out test on {world} ({results['data']['test']} users)")
+    view = Table()
     view.add_column("figure")
     for name in rows:
         view.add_column(name, justify="right")
     for fig in dict.fromkeys(f for r in rows.values() for f in r):  # a figure per line fits
         view.add_row(fig, *(f"{r[fig]:.4f}" if fig in r else "" for r in rows.values()))
     console.print(view)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(f"# Evaluation of {world}\n\n{table}\n\n"
-                                        f"LTRR labels: {results['ltrr_labels']}\n")
-        console.print(f"results → {out}")
+    for name, info in results.get("fits", {}).items():
+        if "epochs_run" in info:
+            c = info["config"]
+            console.print(f"{name}: {info['epochs_run']} epochs (best {info['best_epoch']}), "
+                          f"stopped by {info['stopped_by']}, {info['train_s']:.0f}s"
+                          f"{' (from cache)' if info.get('from_cache') else ''}; lr {c['lr']}, "
+                          f"hidden {c['hidden']}, patience {c['patience']}, cap "
+                          f"{c['time_budget_s']}", highlight=False)
 
 
 @app.command("demo")

@@ -99,6 +99,22 @@ class Popularity(ItemRecommender):
         return np.broadcast_to(s, (len(histories), self.n_items))
 
 
+class Recent(ItemRecommender):
+    """The simplest rule that works where people re-engage: the user's last ``k`` distinct
+    items, most recent first, then the global popularity ranking."""
+
+    def scores(self, histories: Histories) -> np.ndarray:
+        base = self.popularity / max(1.0, float(self.popularity.max()))  # in [0, 1]
+        out = np.repeat(base[None, :] - np.arange(self.n_items) * 1e-12, len(histories), axis=0)
+        for u, h in enumerate(histories):
+            seen: set[int] = set()
+            for rank, item in enumerate(reversed(h)):
+                if item not in seen:
+                    seen.add(item)
+                    out[u, item] = 2.0 + 1.0 / (1 + rank + len(seen))
+        return out
+
+
 class ItemCFConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -234,6 +250,7 @@ class SASRec(ItemRecommender):
         self.cfg = cfg or SASRecConfig()
         self.progress = progress
         self.log: list[dict[str, float]] = []
+        self.info: dict[str, object] = {}
         with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG
             torch.manual_seed(self.cfg.seed)
             self.net = _SASRecNet(n_items, self.cfg)
@@ -258,7 +275,10 @@ class SASRec(ItemRecommender):
             valid = ([valid[0][i] for i in pick], [valid[1][i] for i in pick])
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best, best_state, bad, t0 = -1.0, None, 0, time.perf_counter()
-        bar = tqdm(range(1, cfg.epochs + 1), desc=f"sasrec-{cfg.loss}", disable=not self.progress)
+        best_epoch, epoch, stopped_by = 0, 0, "epochs"
+        cap = f", cap {cfg.time_budget_s:.0f}s" if cfg.time_budget_s is not None else ""
+        bar = tqdm(range(1, cfg.epochs + 1), desc=f"sasrec-{cfg.loss} (early stop{cap})",
+                   disable=not self.progress)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             for epoch in bar:
@@ -273,17 +293,36 @@ class SASRec(ItemRecommender):
                                      f"valid_ndcg@{cfg.valid_k}": score})
                     if score > best:
                         best, best_state, bad = score, copy.deepcopy(self.net.state_dict()), 0
+                        best_epoch = epoch
                     else:
                         bad += 1
                     post.update(ndcg=f"{score:.4f}", best=f"{best:.4f}")
+                    if bad >= cfg.patience:
+                        stopped_by = "early_stopping"
                     stop = stop or bad >= cfg.patience
                 bar.set_postfix(post)
                 if stop:
+                    stopped_by = "time_cap" if over_time and stopped_by != "early_stopping" else stopped_by
                     break
         if best_state is not None:
             self.net.load_state_dict(best_state)
         self.net.eval()
+        self.info = {"config": cfg.model_dump(), "epochs_run": epoch, "best_epoch": best_epoch,
+                     f"best_valid_ndcg@{cfg.valid_k}": best, "stopped_by": stopped_by,
+                     "train_s": round(time.perf_counter() - t0, 2),
+                     "train_sequences": len(seqs)}
         return self
+
+    def state(self) -> dict[str, object]:
+        """What a cache keeps of a fitted model (weights, log, info)."""
+        return {"net": self.net.state_dict(), "log": self.log, "info": self.info,
+                "popularity": self.popularity}
+
+    def load_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.net.eval()
+        self.log, self.info = state["log"], {**state["info"], "from_cache": True}
+        self.popularity = np.asarray(state["popularity"])
 
     def _epoch(self, seqs: list[list[int]], opt: torch.optim.Optimizer,
                rng: np.random.Generator) -> float:
@@ -336,6 +375,7 @@ __all__ = [
     "ItemCFConfig",
     "ItemRecommender",
     "Popularity",
+    "Recent",
     "SASRec",
     "SASRecConfig",
     "item_counts",

@@ -26,6 +26,8 @@ behaviours removed vs. the full history (Fig. 5), for each ``d`` in ``dice_drops
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
@@ -45,6 +48,7 @@ from leadre_model.eval.baselines import (
     ItemCFConfig,
     ItemRecommender,
     Popularity,
+    Recent,
     SASRec,
     SASRecConfig,
 )
@@ -108,13 +112,27 @@ class EvalData:
     test_histories: list[list[int]]
     test_targets: np.ndarray
     stats: dict[str, int] = field(default_factory=dict)
+    # ids an item-id model may map (default: the whole catalog); new ads leave it
+    known: dict[str, int] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything a baseline is fitted on (train and validation sequences,
+        catalog, active mask): the key of cached fits."""
+        h = hashlib.sha256()
+        for seq in (*self.train_sequences, [-1], *self.valid_histories, [-2], self.valid_targets):
+            h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+        h.update("\n".join(self.ad_ids).encode())
+        h.update(self.active.tobytes())
+        return h.hexdigest()
 
     @property
     def active_ids(self) -> frozenset[str]:
         return frozenset(a for a, ok in zip(self.ad_ids, self.active) if ok)
 
     def to_ints(self, ads: Sequence[str]) -> list[int]:
-        return [self.index[a] for a in ads if a in self.index]
+        known = self.index if self.known is None else self.known
+        return [known[a] for a in ads if a in known]
 
 
 @runtime_checkable
@@ -143,14 +161,36 @@ class ItemIdRetriever:
     first, so the bench reports both."""
 
     def __init__(self, name: str, make: Callable[[EvalData], ItemRecommender],
-                 exclude_seen: bool = False) -> None:
+                 exclude_seen: bool = False, cache_dir: Path | None = None,
+                 settings: dict | None = None) -> None:
         self.name, self.make, self.exclude_seen = name, make, exclude_seen
+        self.cache_dir, self.settings = cache_dir, settings or {}
         self.data: EvalData | None = None
         self.model: ItemRecommender | None = None
 
+    @property
+    def info(self) -> dict:
+        """Settings, epochs, stopping reason and time of the fit (models that train)."""
+        return dict(getattr(self.model, "info", {}) or {"settings": self.settings})
+
     def fit_eval(self, data: EvalData) -> None:
+        """Fit on the split; models with weights (SASRec) are cached per (split, settings)
+        in ``cache_dir``, so a second evaluation of the same world does not retrain."""
         self.data, self.model = data, self.make(data)
+        path = None
+        if self.cache_dir is not None and hasattr(self.model, "state"):
+            key = hashlib.sha256(json.dumps([self.name, self.settings, data.fingerprint],
+                                            sort_keys=True, default=str).encode()).hexdigest()
+            path = Path(self.cache_dir) / f"{self.name}-{key[:20]}.pt"
+            if path.exists():
+                self.model.load_state(torch.load(path, weights_only=False))  # type: ignore[attr-defined]
+                return
         self.model.fit(data.train_sequences, (data.valid_histories, data.valid_targets))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(self.model.state(), tmp)  # type: ignore[attr-defined]
+            tmp.replace(path)
 
     def recommend(self, histories: Sequence[EvalCase], k: int) -> list[list[str]]:
         if self.data is None or self.model is None:
@@ -160,16 +200,23 @@ class ItemIdRetriever:
         return [[self.data.ad_ids[i] for i in row if i != M.INVALID] for row in ranked]
 
 
-BASELINES = ("popularity", "popularity_ecpm", "itemcf", "sasrec_ce", "sasrec_bce")
+BASELINES = ("popularity", "popularity_ecpm", "recent", "itemcf", "sasrec_ce", "sasrec_bce")
 
 
 def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasrec_bce"),
                         sasrec: SASRecConfig | None = None, itemcf: ItemCFConfig | None = None,
-                        progress: bool = True, exclude_seen: bool = False) -> list[ItemIdRetriever]:
-    """The named baselines (:data:`BASELINES`), restricted to active ads."""
+                        progress: bool = True, exclude_seen: bool = False,
+                        cache_dir: Path | None = None) -> list[ItemIdRetriever]:
+    """The named baselines (:data:`BASELINES`), restricted to active ads. ``cache_dir``:
+    where fitted SASRec weights are kept per (split, settings)."""
     sas = sasrec or SASRecConfig()
+    icf = itemcf or ItemCFConfig()
+    settings = {"sasrec_ce": sas.model_copy(update={"loss": "ce"}).model_dump(),
+                "sasrec_bce": sas.model_copy(update={"loss": "bce"}).model_dump(),
+                "itemcf": icf.model_dump()}
     makers: dict[str, Callable[[EvalData], ItemRecommender]] = {
         "popularity": lambda d: Popularity(len(d.ad_ids), allowed=d.active),
+        "recent": lambda d: Recent(len(d.ad_ids), allowed=d.active),
         "popularity_ecpm": lambda d: Popularity(len(d.ad_ids), ecpm=d.ecpm, allowed=d.active),
         "itemcf": lambda d: ItemCF(len(d.ad_ids), itemcf, allowed=d.active),
         "sasrec_ce": lambda d: SASRec(len(d.ad_ids), sas.model_copy(update={"loss": "ce"}),
@@ -180,7 +227,8 @@ def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasr
     unknown = set(names) - set(makers)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; expected among {BASELINES}")
-    return [ItemIdRetriever(n, makers[n], exclude_seen) for n in names]
+    return [ItemIdRetriever(n, makers[n], exclude_seen, cache_dir, settings.get(n))
+            for n in names]
 
 
 def build_eval_data(world: Path, cfg: EvalConfig | None = None) -> EvalData:
@@ -242,15 +290,19 @@ def score(out: list[list[str]], data: EvalData, labels: np.ndarray, cfg: EvalCon
     res: dict[str, float] = {}
     for k in cfg.hr_ks:
         res[f"hr@{k}"] = M.hit_rate_at_k(r, t, k)
+        # one binary outcome per test user: the standard error of a proportion
+        res[f"hr@{k}_se"] = float(np.sqrt(res[f"hr@{k}"] * (1 - res[f"hr@{k}"]) / max(len(t), 1)))
     for k in cfg.ndcg_ks:
         res[f"ndcg@{k}"] = M.ndcg_at_k(r, t, k)
     for k in cfg.recall_ks:
         res[f"recall@{k}"] = M.recall_at_k(r, t, k)
-    res[f"concentration@{cfg.list_k}"] = M.concentration_at_k(r, data.category, cfg.list_k)
-    res[f"abundance@{cfg.list_k}"] = M.abundance_at_k(r, data.category, cfg.list_k)
+    if len(np.unique(data.category)) > 1:  # meaningless on a catalog without categories
+        res[f"concentration@{cfg.list_k}"] = M.concentration_at_k(r, data.category, cfg.list_k)
+        res[f"abundance@{cfg.list_k}"] = M.abundance_at_k(r, data.category, cfg.list_k)
     for k in cfg.ltrr_ks:
         res[f"ltrr@{k}"] = M.ltrr_at_k(r, labels[:, :k], k)
-    res[f"ecpm@{cfg.list_k}"] = M.business_value_at_k(r, data.ecpm, cfg.list_k)
+    if np.ptp(data.ecpm) > 0:  # no eCPM in the data: no business value to report
+        res[f"ecpm@{cfg.list_k}"] = M.business_value_at_k(r, data.ecpm, cfg.list_k)
     res["invalid_rate"] = M.invalid_output_rate(out, data.active_ids)
     return res
 
@@ -269,7 +321,7 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
     results: dict = {
         "world": str(world), "config": cfg.model_dump(mode="json"), "data": data.stats,
         "ltrr_labels": f"itemcf top-K from training targets ({cfg.itemcf.model_dump()})",
-        "retrievers": {},
+        "retrievers": {}, "fits": {},
     }
     for r in retrievers:
         t0 = time.perf_counter()
@@ -287,6 +339,32 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
             res[f"dice_drop{d}@{cfg.dice_k}"] = M.mean_dice([full[u] for u in keep], cut)
         res.update(fit_s=t1 - t0, recommend_s=t2 - t1)
         results["retrievers"][r.name] = res
+        if getattr(r, "info", None):
+            results["fits"][r.name] = r.info
+    return results
+
+
+def evaluate_both(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | None = None,
+                  exclude_seen: Literal["off", "on", "both"] = "both",
+                  data: EvalData | None = None) -> dict:
+    """:func:`evaluate` with every retriever's ``exclude_seen`` off, on, or both (fitted
+    once; the second pass reports as ``name+xs``)."""
+    cfg = cfg or EvalConfig()
+    data = data or build_eval_data(Path(world), cfg)
+    passes = {"off": [False], "on": [True], "both": [False, True]}[exclude_seen]
+    results: dict = {}
+    for i, on in enumerate(passes):
+        for r in retrievers:
+            r.exclude_seen = on  # type: ignore[attr-defined]
+        res = evaluate(world, retrievers, cfg, data=data, fit=i == 0)
+        if on and len(passes) > 1:
+            res["retrievers"] = {f"{n}+xs": v for n, v in res["retrievers"].items()}
+            res["fits"] = {}
+        if not results:
+            results = res
+        else:
+            results["retrievers"].update(res["retrievers"])
+    results["exclude_seen"] = exclude_seen
     return results
 
 
@@ -298,7 +376,8 @@ def render_table(results: dict, digits: int = 4) -> str:
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
     lines = ["| retriever | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") else f"{r[c]:.{digits}f}")
+        cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") and not c.endswith("_se")
+                  else f"{r[c]:.{digits}f}")
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -315,6 +394,7 @@ __all__ = [
     "baseline_retrievers",
     "build_eval_data",
     "evaluate",
+    "evaluate_both",
     "render_table",
     "score",
 ]

@@ -25,7 +25,7 @@ children; a well-trained model puts almost none there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +89,7 @@ def constrained_beam_search(
     batch_size: int = 64,
     engine: Engine = "auto",
     progress: bool = False,
+    exclude: Sequence[Collection[int]] | None = None,
 ) -> list[list[Hit]]:
     """Top ads per prompt by trie-constrained beam search (full-vocabulary log-probs).
 
@@ -99,6 +100,9 @@ def constrained_beam_search(
         top_k: hits returned per prompt (≤ B; default B).
         batch_size: prompts per forward pass (each is expanded to B beams).
         engine: ``auto`` (shared_prefix where the architecture supports it), or force one.
+        exclude: per prompt, index rows that must not be returned (e.g. ads the user
+            already converted on): masked at the last level, per request, on top of the
+            shared trie.
 
     Returns, per prompt, at most ``top_k`` distinct hits sorted by log-probability, best
     first; fewer when the trie has fewer active ads below the surviving beams. Every row is
@@ -107,8 +111,11 @@ def constrained_beam_search(
     top_k = beam_width if top_k is None else top_k
     if beam_width >= 1 and not 1 <= top_k <= beam_width:
         raise ValueError(f"top_k must be in [1, beam_width={beam_width}], got {top_k}")
+    if exclude is not None and len(exclude) != len(prompts):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(prompts)} prompts")
     beams = beam_search_codes(model, tokenizer, prompts, level_token_ids, beam_width, trie=trie,
-                              batch_size=batch_size, engine=engine, progress=progress)
+                              batch_size=batch_size, engine=engine, progress=progress,
+                              exclude=exclude)
     return [_hits(trie, b)[:top_k] for b in beams]
 
 
@@ -122,6 +129,7 @@ def beam_search_codes(
     batch_size: int = 64,
     engine: Engine = "auto",
     progress: bool = False,
+    exclude: Sequence[Collection[int]] | None = None,
 ) -> list[Beams]:
     """The beam search itself, per prompt its final beams. With ``trie=None`` the same
     search runs unconstrained over each level's S-ID tokens (any code tuple, existing ad or
@@ -143,7 +151,9 @@ def beam_search_codes(
         for chunk in tqdm(chunks, desc="beam search", unit=" batch", disable=not progress):
             batch = [ids[i] for i in chunk]
             shared = _use_shared_prefix(model, engine, max(map(len, batch)) + len(tokens))
-            for i, b in zip(chunk, _search(model, batch, pad_id, trie, tokens, beam_width, shared)):
+            excl = None if exclude is None or trie is None else [exclude[i] for i in chunk]
+            for i, b in zip(chunk, _search(model, batch, pad_id, trie, tokens, beam_width, shared,
+                                           excl)):
                 out[i] = b
     finally:
         model.train(was_training)
@@ -195,7 +205,8 @@ class _SharedPrefixSteps:
 
 @torch.inference_mode()
 def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: SidTrie | None,
-            tokens: list[torch.Tensor], beam_width: int, shared: bool) -> list[Beams]:
+            tokens: list[torch.Tensor], beam_width: int, shared: bool,
+            exclude: Sequence[Collection[int]] | None = None) -> list[Beams]:
     device, n = model.device, len(ids)
     input_ids, prompt_mask = _left_pad(ids, pad_id, device)
     # Left padding shifts tokens right; positions count real tokens only, so a prompt gets
@@ -215,8 +226,10 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
         k = len(level_ids)
         cand = score[:, None] + _full_vocab_logprobs(logits, level_ids)  # (n * width, K)
         if trie is not None:
-            valid = torch.from_numpy(trie.valid_mask(level, nodes)).to(device)
-            cand = cand.masked_fill(~valid, float("-inf"))
+            valid = trie.valid_mask(level, nodes)
+            if exclude is not None and level == len(tokens) - 1 and any(exclude):
+                valid &= ~_excluded(trie, history, k, width, exclude)
+            cand = cand.masked_fill(~torch.from_numpy(valid).to(device), float("-inf"))
         new_width = min(beam_width, width * k)
         top, idx = cand.view(n, width * k).topk(new_width, dim=1)  # sorted: best first
         parent = (prompt_of * width + idx // k).reshape(-1)  # global row of the parent beam
@@ -234,6 +247,21 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
     codes = history.reshape(n, width, -1)
     return [Beams(codes[p][np.isfinite(scores[p])], scores[p][np.isfinite(scores[p])])
             for p in range(n)]
+
+
+def _excluded(trie: SidTrie, history: np.ndarray, k: int, width: int,
+              exclude: Sequence[Collection[int]]) -> np.ndarray:
+    """(rows, k) bool: which last-level children of each beam are excluded ads."""
+    n_beams = len(history)
+    codes = np.concatenate([np.repeat(history, k, axis=0),
+                            np.tile(np.arange(k, dtype=np.int64), n_beams)[:, None]], axis=1)
+    rows = trie.lookup(codes).reshape(n_beams, k)
+    out = np.zeros((n_beams, k), dtype=bool)
+    for p, rows_out in enumerate(exclude):
+        if rows_out:
+            lo = p * width
+            out[lo:lo + width] = np.isin(rows[lo:lo + width], np.fromiter(rows_out, np.int64))
+    return out
 
 
 def _full_vocab_logprobs(logits: torch.Tensor, level_ids: torch.Tensor) -> torch.Tensor:

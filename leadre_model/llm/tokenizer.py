@@ -45,15 +45,17 @@ def train_tokenizer(
     level_sizes: Sequence[int],
     advertisers: Sequence[str] = (),
     cfg: TokenizerConfig | None = None,
+    extra_tokens: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``corpus`` and add the S-ID / advertiser / soft tokens.
 
     S-IDs and advertiser tokens are cut out of the training text first: they become whole
     added tokens anyway, so merges spent on ``<a_`` fragments would be wasted vocabulary.
-    Deterministic for a given corpus and config.
+    ``extra_tokens`` (the compact prompt vocabulary) are added like S-IDs. Deterministic
+    for a given corpus and config.
     """
     cfg = cfg or TokenizerConfig()
-    strip = _strip_pattern(advertisers)
+    strip = _strip_pattern([*advertisers, *extra_tokens])
     bpe = Tokenizer(models.BPE())
     # No prefix space: a prompt tokenizes the same at the start of a sequence or not.
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,7 +77,7 @@ def train_tokenizer(
         model_max_length=cfg.model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    extend_tokenizer(tok, [*sid_vocabulary(level_sizes), *advertisers])
+    extend_tokenizer(tok, [*sid_vocabulary(level_sizes), *advertisers, *extra_tokens])
     return tok
 
 

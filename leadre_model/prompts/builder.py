@@ -54,6 +54,7 @@ from typing import Literal
 
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
 from leadre_model.index.sid_index import SidIndex
+from leadre_model.prompts.compact import ADVERTISER_Q, AD, CompactRenderer
 from leadre_model.prompts.config import PromptConfig, PromptTemplate
 
 DAY = 86_400
@@ -111,6 +112,8 @@ class PromptBuilder:
         self.ads = ads
         self.content = content
         self.count_tokens = count_tokens or approx_tokens
+        self.compact = CompactRenderer(cfg.compact, index, ads, content, cfg.soft_token,
+                                       f"category_{cfg.ad_summary_category}")
 
     # -- public -----------------------------------------------------------------------
     def build(
@@ -138,8 +141,10 @@ class PromptBuilder:
             ads_as = "sid" if self.cfg.use_sids_for_ads else "name"
         if ads_as not in ("sid", "name"):
             raise ValueError(f"ads_as must be 'sid' or 'name', not {ads_as!r}")
-        tpl = self._template(rng, template)
         positive = sorted((b for b in behaviors if self._kept(b, now_ts)), key=lambda b: b.ts)
+        if self.cfg.format == "compact":
+            return self._compact(user, positive, now_ts, rng, ads_as, question)
+        tpl = self._template(rng, template)
         profile = self.profile_clauses(user)
         if rng is not None and self.cfg.profile_reorder:
             rng.shuffle(profile)
@@ -174,8 +179,38 @@ class PromptBuilder:
         ]
         return [_clean(c) for c in clauses if c]
 
+    def dense_row(self, user: User, behaviors: Sequence[Behavior],
+                  targets: Sequence[int]) -> tuple[list[str], list[bool]]:
+        """Compact format only: the dense-supervision row of ``behaviors`` (a user's
+        positive behaviours, oldest first) with the loss on the S-ID of every behaviour at
+        an index in ``targets`` (see :meth:`CompactRenderer.dense_row`)."""
+        if self.cfg.format != "compact":
+            raise ValueError("dense rows (the 'seq' task) need format='compact' prompts")
+        now = behaviors[-1].ts if behaviors else 0
+        items = [toks if self._kept(b, now) else []
+                 for b, toks in zip(behaviors, self.compact.behaviors(behaviors), strict=True)]
+        kept = [b for b in behaviors if self._kept(b, now)]
+        summary = (self.compact.summary(self._summary_counts(kept, now), self.cfg.summary_top_n)
+                   if self.cfg.include_summary else [])
+        head = self.compact.head(user, summary, self.cfg.include_profile)
+        return self.compact.dense_row(head, items, set(targets), self.cfg.token_budget)
+
+    def describe_ad(self, ad: Ad) -> str:
+        """Explicit-alignment prompt of ``ad`` in the configured format."""
+        if self.cfg.format == "compact":
+            return "".join(self.compact.describe(ad))
+        from leadre_model.index.text import ad_text
+
+        return self.describe(ad_text(ad, self.index.config.text.template))
+
     def summary_entries(self, positive: Sequence[Behavior], now_ts: int) -> list[str]:
         """Top categories of positive behaviours as "category^N times"."""
+        counts = self._summary_counts(positive, now_ts)
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.cfg.summary_top_n]
+        return [f"{_clean(c)}^{n} times" for c, n in top]
+
+    # -- pieces -----------------------------------------------------------------------
+    def _summary_counts(self, positive: Sequence[Behavior], now_ts: int) -> Counter[str]:
         horizon = self.cfg.summary_window_days
         counts: Counter[str] = Counter()
         for b in positive:
@@ -184,10 +219,30 @@ class PromptBuilder:
             cat = self._category(b)
             if cat is not None:
                 counts[cat] += 1
-        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.cfg.summary_top_n]
-        return [f"{_clean(c)}^{n} times" for c, n in top]
+        return counts
 
-    # -- pieces -----------------------------------------------------------------------
+    def _compact(self, user: User, positive: list[Behavior], now_ts: int,
+                 rng: random.Random | None, ads_as: AdsAs, question: Question) -> str:
+        """The compact prompt (:mod:`leadre_model.prompts.compact`): the newest
+        ``max_behaviors`` inside the window that fit the budget, counted exactly."""
+        if ads_as != "sid":
+            raise ValueError("compact prompts show ads as S-IDs; the 'im' task (ads by name) "
+                             "needs text prompts (format='text')")
+        window = self.cfg.window_days * DAY
+        recent = [b for b in positive if now_ts - b.ts < window][-self.cfg.max_behaviors:]
+        summary = (self.compact.summary(self._summary_counts(positive, now_ts),
+                                        self.cfg.summary_top_n) if self.cfg.include_summary else [])
+        head = self.compact.head(user, summary, self.cfg.include_profile)
+        if rng is not None and self.cfg.profile_reorder and self.cfg.include_profile:
+            profile = self.compact.profile(user)
+            rng.shuffle(profile)
+            start = 1 if self.cfg.soft_token else 0
+            head[start:start + len(profile)] = profile
+        items = self.compact.behaviors(recent)
+        tail = [AD if question == "ad" else ADVERTISER_Q]
+        keep = self.compact.fit(head, items, tail, self.cfg.token_budget)
+        return "".join([*head, *(t for toks in items[len(items) - keep:] for t in toks), *tail])
+
     def _template(self, rng: random.Random | None, template: int | None) -> PromptTemplate:
         tpls = self.cfg.templates
         if template is not None:

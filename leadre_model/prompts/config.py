@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from leadre_model.config import _Config
+from leadre_model.prompts.compact import CompactConfig
 
 Component = Literal["profile", "summary", "behaviors"]
 # Same string as leadre_model.llm.tokenizer.SOFT_TOKEN (a test checks it); not imported so
@@ -94,6 +95,10 @@ DEFAULT_TEMPLATES: tuple[PromptTemplate, ...] = (PAPER_TEMPLATE, *PARAPHRASES)
 class PromptConfig(_Config):
     """How prompts are built and augmented. Defaults follow §4.2 (90 days, 2096 tokens)."""
 
+    format: Literal["text", "compact"] = Field(
+        default="text", description="text: the paper's wording (pretrained LLMs); compact: "
+        "every component as a few tokens (models from scratch, leadre_model/prompts/compact.py)")
+    compact: CompactConfig = Field(default_factory=CompactConfig)
     window_days: int = Field(default=90, ge=1, description="behaviour sequence window")
     summary_window_days: int | None = Field(
         default=None, ge=1, description="interest summary window; None = all given history")

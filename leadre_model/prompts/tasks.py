@@ -10,6 +10,11 @@ are those of :mod:`leadre_model.train.sft`:
 * ``main`` the main task: history with ads as S-IDs (``use_sids_for_ads``) → next S-ID.
 * ``adv``  advertiser prediction (the companion paper): the same history → the next ad's
   advertiser, as advertiser tokens (below).
+* ``seq``  dense next-ad supervision (compact prompts only): one row per user, the user's
+  whole train history in compact form with the loss on the S-ID of *every* train target
+  (``loss_mask``: one '0'/'1' per token). As SASRec trains, every target is predicted
+  from the behaviours before it, in one forward pass per user. Valid/test samples are
+  the ``main`` ones (the prompt ends where the next ad's S-ID would start).
 * ``lm``   behaviour-sequence language modelling: one row per user, the main-task prompt of
   the user's latest train target followed by its S-ID, trained with the loss on *every*
   token (:func:`leadre_model.train.sft.train_stage`). A pretrained LLM brings a language
@@ -57,7 +62,7 @@ from leadre_model.index.trie import SidTrie
 from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.config import PromptConfig
 
-TASKS = ("ex", "im", "main", "adv", "lm")
+TASKS = ("ex", "im", "main", "adv", "lm", "seq")
 SPLITS = ("train", "valid", "test")
 SplitName = Literal["train", "valid", "test"]
 Sample = dict[str, str]
@@ -163,6 +168,9 @@ def explicit_samples(builder: PromptBuilder, augment: bool) -> Iterator[Sample]:
         ad = builder.ads.get(ad_id)
         if ad is None:
             continue
+        if cfg.format == "compact":
+            yield _sample(builder.describe_ad(ad), index.sid(row), "ex", "", ad_id)
+            continue
         rng = random.Random(f"{cfg.seed}|ex|{ad_id}") if augment else None
         text = ad_text(ad, template)
         for t in _templates(cfg, rng):
@@ -186,6 +194,15 @@ def user_samples(
         target = s.valid if split == "valid" else s.test
         targets = [] if target is None else [target]
     uid = h.user.user_id
+    if "seq" in tasks and split == "train" and s.train_targets:
+        end = s.valid if s.valid is not None else s.train_targets[-1] + 1
+        tokens, mask = builder.dense_row(h.user, h.behaviors[:end], s.train_targets)
+        if any(mask):
+            yield {**_sample("".join(tokens), "", "seq", uid, ""),
+                   "loss_mask": "".join("1" if m else "0" for m in mask)}
+    # seq is the dense row above in train, the main-task sample in valid/test
+    tasks = list(dict.fromkeys("main" if t == "seq" else t for t in tasks
+                               if t != "seq" or split != "train"))
     for i in targets:
         per_target = [t for t in tasks if t != "lm" or (split == "train" and i == targets[-1])]
         ad_id = h.behaviors[i].item_id

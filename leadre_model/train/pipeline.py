@@ -19,6 +19,7 @@ from leadre_model.index.sids import sid_vocabulary
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model, save_model
 from leadre_model.llm.tokenizer import TokenizerConfig, level_token_ids, train_tokenizer
+from leadre_model.prompts.compact import compact_vocabulary
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.dpo import DPO_PRESETS, DPOStageConfig, preference_pairs, train_dpo
@@ -33,6 +34,8 @@ class TrainConfig(_Config):
     sft: SFTStageConfig = Field(default_factory=lambda: SFT_PRESETS["tiny"])
     lm: SFTStageConfig | None = Field(default=None, description="settings of the curriculum's "
                                       "'lm' stage, if it has one (default: those of sft)")
+    seq: SFTStageConfig | None = Field(default=None, description="settings of a 'seq' stage "
+                                       "(dense rows, compact prompts; default: those of sft)")
     dpo: DPOStageConfig | None = Field(default_factory=lambda: DPO_PRESETS["tiny"])
     dpo_users: int = Field(default=400, ge=1, description="main-task samples used for DPO pairs")
     max_samples_per_task: int | None = Field(default=None, ge=1)
@@ -96,23 +99,30 @@ def train_leadre(
     t0 = time.perf_counter()
     index = load_index(index_dir)
     tasks = _tasks(cfg.curriculum)
-    samples = build_samples(world, index, cfg.prompts, tasks, "train")
+    # DPO pairs come from main-task prompts even when the curriculum trains `seq` rows
+    needed = tasks + (["main"] if cfg.dpo is not None and "main" not in tasks else [])
+    samples = build_samples(world, index, cfg.prompts, needed, "train")
     by_task = {t: cap_samples([s for s in samples if s["task"] == t], cfg.max_samples_per_task,
-                        cfg.sft.seed) for t in tasks}
+                        cfg.sft.seed) for t in needed}
     timings["samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    compact = cfg.prompts.format == "compact"
+    extra = compact_vocabulary(cfg.prompts.compact) if compact else []
     if cfg.llm.base == "tiny":
-        corpus = [s["prompt"] for group in by_task.values() for s in group]
-        tokenizer = train_tokenizer(corpus, index.level_sizes, cfg=cfg.tokenizer)
+        # compact prompts are all added tokens: nothing for BPE to learn from them
+        corpus = [] if compact else [s["prompt"] for t in tasks for s in by_task[t]]
+        tokenizer = train_tokenizer(corpus, index.level_sizes, cfg=cfg.tokenizer,
+                                    extra_tokens=extra)
         model, tokenizer = build_model(cfg.llm, tokenizer)
     else:  # a checkpoint keeps its own tokenizer; the S-ID tokens it lacks are added
-        model, tokenizer = build_model(cfg.llm, new_tokens=sid_vocabulary(index.level_sizes))
+        model, tokenizer = build_model(cfg.llm, new_tokens=[*sid_vocabulary(index.level_sizes),
+                                                            *extra])
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     sft_logs = run_curriculum(model, tokenizer, by_task, cfg.curriculum, cfg.sft, progress,
-                              lm_cfg=cfg.lm)
+                              lm_cfg=cfg.lm, seq_cfg=cfg.seq)
     timings["sft_s"] = time.perf_counter() - t0
 
     summary: dict[str, Any] = {"config": cfg.model_dump(), "sft": sft_logs}
@@ -122,14 +132,15 @@ def train_leadre(
     n_pairs = 0
     if cfg.dpo is not None:
         t0 = time.perf_counter()
-        pairs = dpo_pairs(model, tokenizer, index, world, by_task["main"][: cfg.dpo_users], cfg.dpo)
+        chosen = cap_samples(by_task["main"], cfg.dpo_users, cfg.sft.seed)
+        pairs = dpo_pairs(model, tokenizer, index, world, chosen, cfg.dpo)
         n_pairs = len(pairs)
         dpo_log = train_dpo(model, tokenizer, pairs, cfg.dpo, progress) if pairs else []
         timings["dpo_s"] = time.perf_counter() - t0
 
     summary = {
         **summary,
-        "samples": {t: len(v) for t, v in by_task.items()},
+        "samples": {t: len(v) for t, v in by_task.items() if t in tasks},
         "dpo_pairs": n_pairs,
         "dpo": dpo_log,
         "timings": timings,

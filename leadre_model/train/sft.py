@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.config import _Config
 
-TASKS = ("ex", "im", "main", "adv", "lm")
+TASKS = ("ex", "im", "main", "adv", "lm", "seq")
 
 
 class SFTStageConfig(_Config):
@@ -74,9 +74,10 @@ def parse_curriculum(spec: str) -> list[list[str]]:
     if unknown or not all(stages):
         raise ValueError(f"bad curriculum {spec!r}: stages are '+'-joined tasks from {TASKS}, "
                          "separated by '>'")
-    if any("lm" in st and len(st) > 1 for st in stages):
-        raise ValueError(f"bad curriculum {spec!r}: 'lm' (loss on every token) is a stage of "
-                         "its own, e.g. 'lm>ex>im>main'")
+    for own in ("lm", "seq"):
+        if any(own in st and len(st) > 1 for st in stages):
+            raise ValueError(f"bad curriculum {spec!r}: '{own}' (pre-built loss masks) is a "
+                             f"stage of its own, e.g. 'ex>{own}'")
     return stages
 
 
@@ -145,12 +146,16 @@ def train_stage(
 
     if not samples:
         raise ValueError("no training samples for this stage")
-    is_lm = [s.get("task") == "lm" for s in samples]
-    lm = all(is_lm)
-    if any(is_lm) and not lm:
-        raise ValueError("an 'lm' stage cannot mix in other tasks")
-    if lm:
-        rows: list[dict[str, str]] = [{"text": s["prompt"] + s["completion"]} for s in samples]
+    kinds = {s.get("task") for s in samples}
+    own = kinds & {"lm", "seq"}
+    if own and len(kinds) > 1:
+        raise ValueError(f"a {'/'.join(sorted(own))} stage cannot mix in other tasks")
+    lm = kinds == {"lm"}
+    rows: list[dict[str, Any]]
+    if kinds == {"seq"}:
+        rows = [dense_row_ids(tokenizer, s) for s in samples]
+    elif lm:
+        rows = [{"text": s["prompt"] + s["completion"]} for s in samples]
     else:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
     return run_trainer(
@@ -164,6 +169,24 @@ def train_stage(
     )
 
 
+def dense_row_ids(tokenizer: PreTrainedTokenizerBase, sample: Mapping[str, Any]) -> dict[str, list[int]]:
+    """A ``seq`` sample (compact tokens + per-token loss mask) as pre-tokenized TRL row:
+    ``input_ids`` and ``labels`` (-100 where the mask is 0). Every compact unit is one
+    added token, so the ids are looked up, not re-tokenized."""
+    from leadre_model.prompts.compact import split_units
+
+    units = split_units(sample["prompt"])
+    mask = sample["loss_mask"]
+    if len(units) != len(mask):
+        raise ValueError(f"seq sample of user {sample.get('user_id')!r}: {len(units)} tokens, "
+                         f"{len(mask)} mask bits")
+    ids = tokenizer.convert_tokens_to_ids(units)
+    unk = [u for u, i in zip(units, ids) if i is None or i == tokenizer.unk_token_id]
+    if unk:
+        raise ValueError(f"tokenizer lacks compact tokens, e.g. {unk[:3]}")
+    return {"input_ids": ids, "labels": [i if m == "1" else -100 for i, m in zip(ids, mask)]}
+
+
 def run_curriculum(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -172,9 +195,10 @@ def run_curriculum(
     cfg: SFTStageConfig,
     progress: bool = True,
     lm_cfg: SFTStageConfig | None = None,
+    seq_cfg: SFTStageConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Run every stage in order; a mixed stage shuffles its tasks' samples together.
-    ``lm_cfg``: the settings of an ``lm`` stage (default: ``cfg``)."""
+    ``lm_cfg`` / ``seq_cfg``: the settings of an ``lm`` / ``seq`` stage (default: ``cfg``)."""
     logs = []
     for i, stage in enumerate(parse_curriculum(curriculum)):
         missing = [t for t in stage if not samples_by_task.get(t)]
@@ -182,7 +206,8 @@ def run_curriculum(
             raise ValueError(f"curriculum {curriculum!r} stage {i + 1} needs samples for {missing}")
         samples = [s for t in stage for s in samples_by_task[t]]
         random.Random(cfg.seed + i).shuffle(samples)
-        stage_cfg = lm_cfg if stage == ["lm"] and lm_cfg is not None else cfg
+        stage_cfg = {"lm": lm_cfg, "seq": seq_cfg}.get(stage[0]) if len(stage) == 1 else None
+        stage_cfg = stage_cfg or cfg
         history = train_stage(model, tokenizer, samples, stage_cfg, progress)
         logs.append({"stage": "+".join(stage), "samples": len(samples), "history": history})
     return logs

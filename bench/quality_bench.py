@@ -1,0 +1,149 @@
+"""Retrieval quality on a fixed synthetic world, LEADRE against baselines trained to
+convergence in the same run (issue "Retrieval quality", one `name: value` line each).
+
+    python bench/quality_bench.py [--workdir runs/quality_bench] [--preset bench]
+
+World: the ablation world (1,000 users, 1,000 ads, 1,500 content items, seed 0). A seeded
+5 % of the ads are *new*: left out of the index LEADRE trains on and of every baseline's
+training data, then given S-IDs with the trained RQ-VAE (`add_ads`, the code behind
+`leadre index add`, no retraining) before testing (leadre_model/eval/new_ads.py).
+
+Figures (HR@8 on all 1,000 test users, full ranking; `_xs`: the user's earlier target ads
+masked, in every retriever; `_se`: standard error):
+  leadre_hr8, sasrec_ce_hr8, itemcf_hr8, recent_hr8, popularity_hr8 (+ `_xs`)
+  leadre_vs_best_baseline      LEADRE ÷ the best baseline, on test targets that are not new
+                               ads (the cases a baseline can answer at all); `_xs` likewise
+  leadre_new_ad_recall10 / sasrec_ce_… / itemcf_…   Recall@10 on targets that are new ads
+  merged_itemcf_leadre_hr8 vs itemcf_hr8            what the LEADRE branch adds to item-CF
+  distinct_top1_over_50_users, invalid_rate, train_s (LEADRE), sasrec_train_s
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from leadre_model.config import IndexConfig, PRESETS, preset_for  # noqa: E402
+from leadre_model.data.store import load_ads  # noqa: E402
+from leadre_model.data.synth import SynthConfig, generate_world  # noqa: E402
+from leadre_model.eval import metrics as M  # noqa: E402
+from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data  # noqa: E402
+from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever  # noqa: E402
+from leadre_model.eval.new_ads import (  # noqa: E402
+    MergedRetriever,
+    hold_out,
+    new_ad_mask,
+    new_ad_recall,
+    pick_new_ads,
+)
+from leadre_model.index.build import add_ads, build_index  # noqa: E402
+from leadre_model.index.sid_index import load_index  # noqa: E402
+from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre  # noqa: E402
+
+WORLD = SynthConfig(n_users=1000, n_ads=1000, n_content=1500, seed=0)
+
+
+def hr(out: list[list[str]], data, k: int, mask: np.ndarray | None = None) -> float:
+    ranked = np.full((len(out), k), M.INVALID, dtype=np.int64)
+    for u, row in enumerate(out):
+        ids = [data.index.get(a, M.INVALID) for a in row[:k]]
+        ranked[u, : len(ids)] = ids
+    t = data.test_targets
+    if mask is not None:
+        ranked, t = ranked[mask], t[mask]
+    return M.hit_rate_at_k(ranked, t, k)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("runs/quality_bench"))
+    ap.add_argument("--preset", default="bench", choices=sorted(TRAIN_PRESETS))
+    ap.add_argument("--new-share", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    wd: Path = args.workdir
+    world = wd / "world"
+    if not (world / "world.json").exists():
+        generate_world(world, WORLD, progress=False)
+    ads = load_ads(world)
+    new = pick_new_ads([a.ad_id for a in ads], args.new_share, args.seed)
+    index_dir, served_dir = wd / "index", wd / "index_served"
+    if not (index_dir / "index.json").exists():
+        cfg = IndexConfig(rqvae=PRESETS[preset_for(len(ads))].model_copy(update={"seed": args.seed}))
+        build_index([a for a in ads if a.ad_id not in new], index_dir, cfg,
+                    cache_path=wd / "embeddings.npz", progress=False)
+    shutil.rmtree(served_dir, ignore_errors=True)
+    shutil.copytree(index_dir, served_dir)
+    _, added = add_ads(served_dir, ads, cache_path=wd / "embeddings.npz", progress=False)
+
+    model_dir = wd / f"model-{args.preset}"
+    t0 = time.perf_counter()
+    train_leadre(world, index_dir, model_dir, TRAIN_PRESETS[args.preset], progress=False)
+    train_s = time.perf_counter() - t0
+
+    data = build_eval_data(world, EvalConfig(progress=False))
+    known = hold_out(data, new)
+    cases = data.test_cases
+    is_new = new_ad_mask(data, new)
+    baselines = baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
+                                    progress=False)
+    t0 = time.perf_counter()
+    for b in baselines:
+        b.fit_eval(known)
+    sasrec_s = baselines[-1].info.get("train_s", time.perf_counter() - t0)
+    leadre = LeadreRetriever("leadre", model_dir, index_dir, world,
+                             LeadreEvalConfig(progress=False), index=load_index(served_dir))
+    itemcf = baselines[2]
+    retrievers = [leadre, *baselines]
+    figures: dict[str, float] = {}
+    outs: dict[str, list[list[str]]] = {}
+    for xs in (False, True):
+        for r in retrievers:
+            r.exclude_seen = xs
+            out = r.recommend(cases, 10)
+            suffix = "_xs" if xs else ""
+            figures[f"{r.name}_hr8{suffix}"] = hr(out, data, 8)
+            figures[f"{r.name}_hr8_known{suffix}"] = hr(out, data, 8, ~is_new)
+            if not xs:
+                outs[r.name] = out
+        best = max(figures[f"{b.name}_hr8_known{suffix}"] for b in baselines)
+        figures[f"leadre_vs_best_baseline{suffix}"] = figures[f"leadre_hr8_known{suffix}"] / best
+    for r in retrievers:
+        r.exclude_seen = False
+    n = len(cases)
+    lines: list[tuple[str, float | int | str]] = []
+    for name in ("leadre", "sasrec_ce", "itemcf", "recent", "popularity"):
+        p = figures[f"{name}_hr8"]
+        lines += [(f"{name}_hr8", p), (f"{name}_hr8_se", np.sqrt(p * (1 - p) / n)),
+                  (f"{name}_hr8_xs", figures[f"{name}_hr8_xs"])]
+    lines += [("leadre_vs_best_baseline", figures["leadre_vs_best_baseline"]),
+              ("leadre_vs_best_baseline_xs", figures["leadre_vs_best_baseline_xs"])]
+    for name in ("leadre", "sasrec_ce", "itemcf"):
+        rec, n_new = new_ad_recall(outs[name], data, new, 10)
+        lines.append((f"{name}_new_ad_recall10", rec))
+    lines.append(("new_ad_test_targets", n_new))
+    lines.append(("new_ads_added_to_index", len(added)))
+    lines.append(("new_ads_unrepresentable", leadre.unrepresentable))
+    merged = MergedRetriever("merged", itemcf, leadre).recommend(cases, 10)
+    lines += [("merged_itemcf_leadre_hr8", hr(merged, data, 8)),
+              ("itemcf_alone_hr8", figures["itemcf_hr8"])]
+    lines.append(("distinct_top1_over_50_users", len({o[0] for o in outs["leadre"][:50] if o})))
+    lines.append(("invalid_rate", M.invalid_output_rate(outs["leadre"], data.active_ids)))
+    lines += [("test_users", n), ("train_s", train_s), ("sasrec_train_s", sasrec_s),
+              ("sasrec_epochs", baselines[-1].info.get("epochs_run", 0)),
+              ("leadre_params", sum(p.numel() for p in leadre.model.parameters()))]
+    for k, v in lines:
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
