@@ -34,7 +34,8 @@ class FixedTimeInstance:
         self.url, self.service_s, self.lock = url, service_s, threading.Lock()
 
     def retrieve(self, prompts: list[str], beam_width: int, top_k: int,
-                 advertiser_prompts: list[str] | None = None) -> list[Retrieval]:
+                 advertiser_prompts: list[str] | None = None,
+                 exclude: list[list[str]] | None = None) -> list[Retrieval]:
         with self.lock:
             time.sleep(self.service_s)
         return [Retrieval(ads=[], model_version="standin") for _ in prompts]

@@ -33,7 +33,8 @@ app.add_typer(experiment_app, name="experiment")
 
 def _print_counts(title: str, manifest: dict[str, Any]) -> None:
     counts = manifest.get("counts", manifest)
-    table = Table(title=title)
+    console.print(title, highlight=False, soft_wrap=True)  # a table title would wrap paths
+    table = Table()
     table.add_column("table")
     table.add_column("rows", justify="right")
     for k, v in counts.items():
@@ -192,7 +193,8 @@ def train(
     world: Path = typer.Option(..., help="world directory"),
     index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
     out: Path = typer.Option(..., help="model directory to write"),
-    preset: str = typer.Option("tiny", help="demo | tiny | experiment | paper"),
+    preset: str = typer.Option("cpu", help="cpu | demo | bench | text-small | tiny | experiment "
+                               "| paper (README: which preset to pick)"),
     curriculum: str | None = typer.Option(
         None, help="e.g. lm>ex>im>main, ex>im>main, main+im+ex, main (lm: language modelling "
         "of the behaviour corpus, for a model from scratch)"),
@@ -322,6 +324,7 @@ def demo(
     train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
           curriculum=None, base=None, dpo=True, progress=True)
     _show_retrievals(workdir)
+    _show_quality(workdir)
     console.rule("[bold]5/5 live system: inference × 2, nearline worker, user server, mixer")
     from services.demo_live import run_live_demo
 
@@ -357,6 +360,34 @@ def _show_retrievals(workdir: Path, n_users: int = 3, k: int = 5) -> None:
             table.add_row(str(rank), ad.ad_id + mark, ad.name, ad.category_l2, f"{ad.ecpm:.2f}",
                           f"{hit.logprob:.2f}")
         console.print(table)
+
+
+def _show_quality(workdir: Path, n_users: int = 50) -> None:
+    """The demo model against the baselines on its own split, and how much its lists
+    depend on the user (distinct first ads over ``n_users`` test users)."""
+    from leadre_model.eval.harness import EvalConfig, baseline_retrievers, evaluate
+    from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
+
+    world = workdir / "world"
+    leadre = LeadreRetriever("leadre", workdir / "model", workdir / "index", world,
+                             LeadreEvalConfig(progress=False))
+    retrievers = [*baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
+                                       progress=False), leadre]
+    cfg = EvalConfig(progress=False, dice_drops=())
+    res = evaluate(world, retrievers, cfg)
+    table = Table(title=f"leave-one-out test, {res['data']['test']} users (full ranking over "
+                        f"{res['data']['active_ads']} active ads)")
+    for col in ("retriever", "HR@1", "HR@8 ± se", "NDCG@8", "invalid"):
+        table.add_column(col, justify="right")
+    for name, f in res["retrievers"].items():
+        table.add_row(name, f"{f['hr@1']:.3f}", f"{f['hr@8']:.3f} ± {f['hr@8_se']:.3f}",
+                      f"{f['ndcg@8']:.3f}", f"{f['invalid_rate']:.3f}")
+    console.print(table)
+    from leadre_model.eval.harness import build_eval_data
+
+    cases = build_eval_data(world, cfg).test_cases[:n_users]
+    first = {row[0] for row in leadre.recommend(cases, 1) if row}
+    console.print(f"distinct first ads over {len(cases)} users: {len(first)}")
 
 
 def _show_examples(workdir: Path, n: int = 5) -> None:

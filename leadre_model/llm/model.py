@@ -72,6 +72,9 @@ class LLMConfig(_Config):
     trainable: Literal["all", "new_tokens"] = Field(
         default="all", description="new_tokens: only the added tokens' embedding rows train")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    sid_init: Literal["default", "codebook"] = Field(
+        default="default", description="codebook: S-ID token rows start as the RQ-VAE "
+        "codebook vectors of their code (a seeded random projection to the model width)")
     lora: LoraSettings | None = Field(default=None, description="PEFT LoRA (checkpoint bases)")
 
     @model_validator(mode="after")
@@ -284,6 +287,32 @@ def sid_level_sizes(tokenizer: PreTrainedTokenizerBase) -> list[int]:
             level = LEVEL_PREFIXES.index(token[1])
             sizes[level] = max(sizes.get(level, 0), int(token[3:-1]) + 1)
     return [sizes.get(level, 0) for level in range(max(sizes, default=-1) + 1)]
+
+
+def init_sid_rows_from_codebooks(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                                 codebooks: torch.Tensor, seed: int = 0) -> int:
+    """Set the input-embedding row of every ``<level_code>`` token to its RQ-VAE codebook
+    vector (``codebooks``: (levels, K, d)) through a seeded random projection d → hidden,
+    scaled to the rows' current norm: codes close in the RQ-VAE start close in the LM.
+    The disambiguation level has no codebook and keeps its init. Returns rows set."""
+    from leadre_model.index.sids import level_token
+
+    emb = model.get_input_embeddings().weight
+    levels, k, d = codebooks.shape
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(d, emb.shape[1], generator=gen) / d**0.5
+    vocab, n = tokenizer.get_vocab(), 0
+    with torch.no_grad():
+        scale = emb.norm(dim=1).mean()
+        for level in range(levels):
+            vecs = codebooks[level].float() @ proj
+            vecs = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-8) * scale
+            for code in range(k):
+                tid = vocab.get(level_token(level, code))
+                if tid is not None:
+                    emb[tid] = vecs[code].to(emb.dtype)
+                    n += 1
+    return n
 
 
 def _resize_with_mean(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

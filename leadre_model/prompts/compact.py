@@ -60,6 +60,8 @@ class CompactConfig(_Config):
     profile_buckets: int = Field(default=512, ge=1, description="<pf_N> tokens")
     count_levels: int = Field(default=8, ge=1, description="<cnt_N>: floor(log2(count)), capped")
     age_bucket_years: int = Field(default=5, ge=1)
+    content_loss: bool = Field(default=False, description="dense rows also put the loss on "
+                               "each content behaviour's category token (auxiliary task)")
 
 
 def compact_vocabulary(cfg: CompactConfig) -> list[str]:
@@ -172,7 +174,8 @@ class CompactRenderer:
             toks = items[i]
             tokens += toks
             is_target = i in targets and toks[:1] == [AD]
-            mask += [is_target and 0 < j < len(toks) and toks[j] != CONVERSION
+            is_content = self.cfg.content_loss and toks[:1] != [AD] and len(toks) == 2
+            mask += [(is_target or is_content) and 0 < j < len(toks) and toks[j] != CONVERSION
                      for j in range(len(toks))]
         return tokens, mask
 

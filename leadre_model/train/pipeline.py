@@ -46,9 +46,27 @@ class TrainConfig(_Config):
 # (docs/results/ablations-synthetic-v2/report.md).
 _SMALL_LLM = LLMConfig(hidden_size=96, intermediate_size=256, num_layers=2)
 
+# The CPU recipe (issue "Retrieval quality"): compact prompts (every prompt component as a
+# few tokens, leadre_model/prompts/compact.py) and the dense `seq` task (one row per user,
+# the loss on the S-ID of every train target), a ≈0.2M-parameter Qwen2 from scratch.
+# Measured by bench/quality_bench.py; the README's "Which preset" table has the costs.
+_COMPACT_PROMPTS = PromptConfig(format="compact", max_behaviors=200, token_budget=600)
+_CPU_LLM = LLMConfig(hidden_size=64, intermediate_size=128, num_layers=2, max_positions=1024)
+_SEQ = SFTStageConfig(epochs=20, lr=3e-3, min_lr=3e-4, batch_size=16, grad_accum=1,
+                      warmup_ratio=0.05, logging_steps=50)
+_CPU = TrainConfig(llm=_CPU_LLM, tokenizer=TokenizerConfig(vocab_size=300),
+                   prompts=_COMPACT_PROMPTS, curriculum="seq", seq=_SEQ, dpo=None)
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # `make demo`: minutes on 2 CPU cores: the small model, short prompts, capped samples.
-    "demo": TrainConfig(
+    # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
+    "cpu": _CPU,
+    # bench/quality_bench.py's preset: the CPU recipe as it ships.
+    "bench": _CPU,
+    # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
+    "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
+    # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
+    # CPU recipe this was the demo preset; kept for the ablations and as the text path).
+    "text-small": TrainConfig(
         llm=_SMALL_LLM,
         tokenizer=TokenizerConfig(vocab_size=1000),
         prompts=PromptConfig(max_behaviors=15, token_budget=320),
@@ -118,6 +136,13 @@ def train_leadre(
     else:  # a checkpoint keeps its own tokenizer; the S-ID tokens it lacks are added
         model, tokenizer = build_model(cfg.llm, new_tokens=[*sid_vocabulary(index.level_sizes),
                                                             *extra])
+    if cfg.llm.sid_init == "codebook":
+        from leadre_model.index.sid_index import load_rqvae
+        from leadre_model.llm.model import init_sid_rows_from_codebooks
+
+        init_sid_rows_from_codebooks(model, tokenizer,
+                                     load_rqvae(index_dir).quantizer.codebooks.detach(),
+                                     cfg.llm.seed)
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -18,6 +18,8 @@ TRITON_MODEL = "leadre_retrieval"
 #   prompt_ids  INT32 [-1], optional: the prompt as token ids instead of text (-1 = padding,
 #               so one request can carry prompts of different lengths); exactly one of
 #               prompt / prompt_ids per request
+#   exclude_ads BYTES [1], optional: space-separated ad ids this row must not return (the
+#               ads the user already converted on); masked in the beam search per request
 #   advertiser_prompt BYTES [1], optional: the same user's advertiser-task prompt (the
 #               builder's advertiser question). Given and the model was trained with the
 #               `adv` task: advertisers are decoded through the advertiser trie. Empty or
@@ -30,6 +32,7 @@ TRITON_MODEL = "leadre_retrieval"
 #   model_version       BYTES [1]
 IN_PROMPT, IN_BEAM, IN_TOPK, IN_ADV_PROMPT = "prompt", "beam_width", "top_k", "advertiser_prompt"
 IN_PROMPT_IDS = "prompt_ids"
+IN_EXCLUDE = "exclude_ads"
 OUT_ADS, OUT_SCORES = "ad_ids", "scores"
 OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_scores", "model_version"
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     list_beam_width: int = Field(default=20, ge=1)
     list_size: int = Field(default=20, ge=1)
     advertiser_priors: bool = True
+    # Ads the user already converted on are masked in the beam search (per request): a
+    # conversion is done business, re-serving the ad wastes a slot.
+    exclude_converted: bool = True
     instance_ttl_s: float = Field(default=10.0, gt=0)
     inference_timeout_s: float = Field(default=30.0, gt=0)
     # daily pipeline

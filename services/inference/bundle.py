@@ -188,11 +188,16 @@ class Bundle:
 
     def retrieve(self, prompts: Sequence[Prompt], beam_width: int, top_k: Sequence[int],
                  advertiser_prompts: Sequence[str | None] | None = None,
-                 batch_size: int = 64) -> list[Result]:
-        """Ads per prompt (``top_k[i]`` ≤ ``beam_width`` of them) and advertiser priors."""
+                 batch_size: int = 64,
+                 exclude: Sequence[Sequence[str]] | None = None) -> list[Result]:
+        """Ads per prompt (``top_k[i]`` ≤ ``beam_width`` of them) and advertiser priors.
+        ``exclude[i]``: ad ids prompt ``i`` must not return (unknown ids are ignored)."""
         with self.lock, torch.inference_mode():
+            rows = None if exclude is None else [
+                {r for a in ex if (r := self.row_of.get(a)) is not None} for ex in exclude]
             hits = constrained_beam_search(self.model, self.tokenizer, list(prompts), self.trie,
-                                           self.level_ids, beam_width, batch_size=batch_size)
+                                           self.level_ids, beam_width, batch_size=batch_size,
+                                           exclude=rows)
             ads = [[RetrievedAd(ad_id=self.ad_ids[h.row], score=h.logprob) for h in hs[:k]]
                    for hs, k in zip(hits, top_k)]
             return [Result(a, adv) for a, adv in

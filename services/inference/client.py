@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.contracts import (
     IN_ADV_PROMPT,
+    IN_EXCLUDE,
     IN_BEAM,
     IN_PROMPT,
     IN_PROMPT_IDS,
@@ -70,9 +71,11 @@ class TritonRetrievalClient:
             return False
 
     def retrieve(self, prompts: Sequence[str] | Sequence[Sequence[int]], beam_width: int, top_k: int,
-                 advertiser_prompts: Sequence[str] | None = None) -> list[Retrieval]:
-        """One Retrieval per prompt (text, or token ids). ValueError for bad arguments
-        (nothing sent); InferenceError for anything that went wrong on the way."""
+                 advertiser_prompts: Sequence[str] | None = None,
+                 exclude: Sequence[Sequence[str]] | None = None) -> list[Retrieval]:
+        """One Retrieval per prompt (text, or token ids); ``exclude[i]``: ad ids prompt
+        ``i`` must not get back. ValueError for bad arguments (nothing sent);
+        InferenceError for anything that went wrong on the way."""
         n = len(prompts)
         if n == 0:
             return []
@@ -85,6 +88,10 @@ class TritonRetrievalClient:
                   _tensor(IN_TOPK, np.full((n, 1), top_k, np.int32), "INT32")]
         if advertiser_prompts is not None:
             inputs.append(_tensor(IN_ADV_PROMPT, _bytes(advertiser_prompts), "BYTES"))
+        if exclude is not None:
+            if len(exclude) != n:
+                raise ValueError(f"{len(exclude)} exclude lists for {n} prompts")
+            inputs.append(_tensor(IN_EXCLUDE, _bytes([" ".join(x) for x in exclude]), "BYTES"))
         outputs = [grpcclient.InferRequestedOutput(o) for o in
                    (OUT_ADS, OUT_SCORES, OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION)]
         try:

@@ -202,8 +202,10 @@ class InferenceService:
         results: list[Result | None] = [None] * len(rows)
         for beam, idx in by_beam.items():
             advs = [adv_ids.get(i) for i in idx]
+            excl = [rows[i].exclude for i in idx]
             got = bundle.retrieve([ids[i] for i in idx], beam, [rows[i].top_k for i in idx],
-                                  advs if any(a is not None for a in advs) else None)
+                                  advs if any(a is not None for a in advs) else None,
+                                  exclude=excl if any(excl) else None)
             for i, res in zip(idx, got):
                 results[i] = res
         return results  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from pytriton.model_config import Tensor
 from services.common.contracts import (
     IN_ADV_PROMPT,
     IN_BEAM,
+    IN_EXCLUDE,
     IN_PROMPT,
     IN_PROMPT_IDS,
     IN_TOPK,
@@ -29,6 +30,7 @@ INPUTS = [
     Tensor(name=IN_BEAM, dtype=np.int32, shape=(1,)),
     Tensor(name=IN_TOPK, dtype=np.int32, shape=(1,)),
     Tensor(name=IN_ADV_PROMPT, dtype=bytes, shape=(1,), optional=True),
+    Tensor(name=IN_EXCLUDE, dtype=bytes, shape=(1,), optional=True),
 ]
 OUTPUTS = [
     Tensor(name=OUT_ADS, dtype=bytes, shape=(-1,)),
@@ -49,6 +51,7 @@ class Row:
     beam_width: int
     top_k: int
     advertiser_prompt: str | None
+    exclude: tuple[str, ...] = ()
 
 
 def _text(value: object, what: str, row: int) -> str:
@@ -74,17 +77,20 @@ def parse_request(req: Mapping[str, np.ndarray], max_beam: int) -> list[Row]:
     adv = req.get(IN_ADV_PROMPT)
     advs = [None] * len(prompts) if adv is None else [
         _text(v, IN_ADV_PROMPT, i) or None for i, v in enumerate(np.asarray(adv).reshape(-1))]
-    if not len(beams) == len(top_ks) == len(prompts) == len(advs):
+    exc = req.get(IN_EXCLUDE)
+    excludes = [()] * len(prompts) if exc is None else [
+        tuple(_text(v, IN_EXCLUDE, i).split()) for i, v in enumerate(np.asarray(exc).reshape(-1))]
+    if not len(beams) == len(top_ks) == len(prompts) == len(advs) == len(excludes):
         raise BadRequest("inputs disagree on the number of rows")
     rows = []
-    for i, (p, b, k, a) in enumerate(zip(prompts, beams, top_ks, advs)):
+    for i, (p, b, k, a, x) in enumerate(zip(prompts, beams, top_ks, advs, excludes)):
         if not 1 <= b <= max_beam:
             raise BadRequest(f"{IN_BEAM} of row {i} is {int(b)}; it must be in [1, {max_beam}]")
         if not 1 <= k <= b:
             raise BadRequest(f"{IN_TOPK} of row {i} is {int(k)}; it must be in [1, {IN_BEAM}={int(b)}]")
         if not p:
             raise BadRequest(f"prompt of row {i} is empty")
-        rows.append(Row(p, int(b), int(k), a))
+        rows.append(Row(p, int(b), int(k), a, x))
     return rows
 
 

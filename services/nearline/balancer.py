@@ -23,7 +23,8 @@ class RetrievalClient(Protocol):
     """What the worker needs of an inference client (services/inference/client.py)."""
 
     def retrieve(self, prompts: list[str], beam_width: int, top_k: int,
-                 advertiser_prompts: list[str] | None = None) -> list[Retrieval]: ...
+                 advertiser_prompts: list[str] | None = None,
+                 exclude: list[list[str]] | None = None) -> list[Retrieval]: ...
 
 
 class NoInstance(RuntimeError):

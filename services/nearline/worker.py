@@ -296,10 +296,12 @@ class NearlineWorker:
         prompts = [p for _, _, p, _ in ready]
         with_adv = source.with_advertiser and self.s.advertiser_priors
         advs = [a or "" for _, _, _, a in ready] if with_adv else None
+        excl = ([converted_ads(snap) for _, snap, _, _ in ready] if self.s.exclude_converted
+                else None)
         t0 = time.perf_counter()
         results, _ = self.balancer.call(
             lambda c: c.retrieve(prompts, self.s.list_beam_width,
-                                 min(self.s.list_size, self.s.list_beam_width), advs),
+                                 min(self.s.list_size, self.s.list_beam_width), advs, excl),
             max_attempts=self.s.worker_max_attempts)
         self.m.inference.observe(time.perf_counter() - t0)
         self.m.batch.observe(len(ready))
@@ -352,3 +354,9 @@ class TierStatsCursor:
                 if now[tier] != self.seen[outcome][tier]:
                     m.tier_jobs.labels(str(tier), outcome).inc(now[tier] - self.seen[outcome][tier])
                     self.seen[outcome][tier] = now[tier]
+
+
+def converted_ads(snap: UserSnapshot) -> list[str]:
+    """The ads the user converted on (the worker never re-serves them)."""
+    return sorted({b.item_id for b in snap.behaviors
+                   if b.domain.value == "ad" and b.action.value == "conversion"})

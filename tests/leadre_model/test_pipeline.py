@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     build_index(load_ads(world), index_dir,
                 IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 10})),
                 cache_path=root / "emb.npz", progress=False)
-    base = TRAIN_PRESETS["demo"]
+    base = TRAIN_PRESETS["text-small"]
     cfg = base.model_copy(update={
         "sft": base.sft.model_copy(update={"epochs": 1, "logging_steps": 1}),
         "lm": base.lm.model_copy(update={"epochs": 1, "logging_steps": 1}),
@@ -51,7 +51,7 @@ def test_saved_model_decodes_active_ads_for_held_out_users(trained):
     index = load_index(index_dir)
     model, tok, manifest = load_model(model_dir, expected_index_digest=index.digest())
     assert manifest["index_digest"] == index.digest()
-    samples = build_samples(world, index, TRAIN_PRESETS["demo"].prompts, ["main"], "test")[:4]
+    samples = build_samples(world, index, TRAIN_PRESETS["text-small"].prompts, ["main"], "test")[:4]
     hits = constrained_beam_search(model, tok, [s["prompt"] for s in samples], index.build_trie(),
                                    level_token_ids(tok, index.level_sizes), beam_width=8)
     for user_hits in hits:
@@ -71,10 +71,31 @@ def test_a_checkpoint_base_is_fine_tuned_with_its_own_tokenizer(trained, tmp_pat
     # new one trained on the corpus, or token ids would no longer match the embeddings.
     world, index_dir, model_dir, _ = trained
     base_tok = load_model(model_dir)[1]
-    cfg = TRAIN_PRESETS["demo"].model_copy(update={
-        "llm": TRAIN_PRESETS["demo"].llm.model_copy(update={"base": str(model_dir)}),
+    cfg = TRAIN_PRESETS["text-small"].model_copy(update={
+        "llm": TRAIN_PRESETS["text-small"].llm.model_copy(update={"base": str(model_dir)}),
         "curriculum": "main", "dpo": None, "max_samples_per_task": 20,
-        "sft": TRAIN_PRESETS["demo"].sft.model_copy(update={"epochs": 1})})
+        "sft": TRAIN_PRESETS["text-small"].sft.model_copy(update={"epochs": 1})})
     train_leadre(world, index_dir, tmp_path / "ft", cfg, progress=False)
     tok = load_model(tmp_path / "ft")[1]
     assert tok.get_vocab() == base_tok.get_vocab()
+
+
+def test_cpu_recipe_trains_dense_rows_then_dpo_and_decodes(trained, tmp_path):
+    """The demo preset (compact prompts, the seq stage, DPO) end to end on the same world."""
+    world, index_dir, _, _ = trained
+    base = TRAIN_PRESETS["demo"]
+    cfg = base.model_copy(update={
+        "seq": base.seq.model_copy(update={"epochs": 2, "logging_steps": 1}),
+        "dpo": base.dpo.model_copy(update={"logging_steps": 1}), "dpo_users": 20})
+    summary = train_leadre(world, index_dir, tmp_path / "m", cfg, progress=False)
+    assert [s["stage"] for s in summary["sft"]] == ["seq"]
+    assert summary["samples"]["seq"] == 40  # one row per user, every user
+    assert summary["dpo_pairs"] > 0
+    index = load_index(index_dir)
+    model, tok, _ = load_model(tmp_path / "m", expected_index_digest=index.digest())
+    samples = build_samples(world, index, cfg.prompts, ["main"], "test")[:4]
+    assert all(s["prompt"].endswith("<|ad|>") for s in samples)
+    hits = constrained_beam_search(model, tok, [s["prompt"] for s in samples], index.build_trie(),
+                                   level_token_ids(tok, index.level_sizes), beam_width=8)
+    assert all(len({h.row for h in hs}) == 8 and index.active[[h.row for h in hs]].all()
+               for hs in hits)

@@ -41,14 +41,17 @@ class StandInClient:
         self.active = [a for a, on in zip(index.ad_ids, index.active) if on]
 
     def retrieve(self, prompts: list[str], beam_width: int, top_k: int,
-                 advertiser_prompts: list[str] | None = None) -> list[Retrieval]:
+                 advertiser_prompts: list[str] | None = None,
+                 exclude: list[list[str]] | None = None) -> list[Retrieval]:
         self.calls += 1
         if self.fail:
             raise ConnectionError(f"{self.url} is down")
         out = []
-        for p in prompts:
+        for j, p in enumerate(prompts):
             h = int(hashlib.sha256(p.encode()).hexdigest(), 16)
-            ads = [self.active[(h + 7 * i) % len(self.active)] for i in range(top_k)]
+            skip = set(exclude[j]) if exclude else set()
+            pool = [a for a in self.active if a not in skip]
+            ads = [pool[(h + 7 * i) % len(pool)] for i in range(top_k)]
             out.append(Retrieval(ads=[RetrievedAd(ad_id=a, score=-0.5 * (i + 1))
                                       for i, a in enumerate(dict.fromkeys(ads))],
                                  model_version="standin"))

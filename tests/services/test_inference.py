@@ -194,6 +194,12 @@ def test_triton_service_answers_swaps_versions_and_applies_pauses(
         assert all(r.model_version == "v1" and len(r.advertisers) >= 1 for r in got)
         as_ids = client.retrieve([bundle.token_ids([p])[0] for p in PROMPTS], 6, 4)
         assert _rows(as_ids) == _rows(got)
+        # Per-request exclusion (the worker's converted ads): the rest keeps its order.
+        skip = [[r.ads[0].ad_id, "no_such_ad"] for r in got]
+        fewer = client.retrieve(PROMPTS, beam_width=6, top_k=3, exclude=skip)
+        for g, f, s in zip(got, fewer, skip):
+            assert s[0] not in {a.ad_id for a in f.ads}
+            assert [a.ad_id for a in f.ads] == [a.ad_id for a in g.ads[1:4]]
 
         # Bad input: refused with the reason, client side or server side.
         with pytest.raises(ValueError, match="top_k"):

@@ -104,3 +104,20 @@ def test_entries_of_a_dead_consumer_are_reclaimed(settings, rds, user_server, st
     _until(lambda: _fresh(rds, users), w)
     w.drain()
     assert rds.xpending(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP)["pending"] == 0
+
+
+def test_ads_the_user_converted_on_are_never_served_again(
+        settings, rds, user_server, standins, version_dir, svc_world) -> None:
+    seed(settings, svc_world[0])
+    users = sorted(rds.smembers(keys.USERS))[:3]
+    stub = pb_grpc.UserServerStub(grpc.insecure_channel(user_server))
+    ads = rds.zrevrange(keys.FALLBACK_GLOBAL, 0, 5)
+    conv = [pb.Behavior(user_id=u, ts=1_900_000_000 + i, domain="ad", action=a, item_id=ads[i])
+            for u in users for i, a in enumerate(("click", "conversion", "conversion"))]
+    assert stub.RecordBehaviors(pb.RecordBehaviorsRequest(behaviors=conv)).recorded == len(conv)
+    w = _worker(settings, standins, version_dir)
+    _until(lambda: _fresh(rds, users), w)
+    w.drain()
+    for u in users:
+        served = {a.ad_id for a in stub.GetList(pb.GetListRequest(user_id=u)).ads}
+        assert served and not served & {ads[1], ads[2]}  # converted: masked per request
