@@ -15,7 +15,8 @@ masked, in every retriever; `_se`: standard error):
                                ads (the cases a baseline can answer at all); `_xs` likewise
   leadre_new_ad_recall10 / sasrec_ce_… / itemcf_…   Recall@10 on targets that are new ads
   merged_itemcf_leadre_hr8 vs itemcf_hr8            what the LEADRE branch adds to item-CF
-  distinct_top1_over_50_users, invalid_rate, train_s (LEADRE), sasrec_train_s
+  distinct_top1_over_50_users, invalid_rate, train_s (LEADRE), sasrec_train_s (both
+  dropouts tried: 0.3 and 0.5, the better on validation NDCG@10 is the opponent)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from leadre_model.config import IndexConfig, PRESETS, preset_for  # noqa: E402
 from leadre_model.data.store import load_ads  # noqa: E402
 from leadre_model.data.synth import SynthConfig, generate_world  # noqa: E402
 from leadre_model.eval import metrics as M  # noqa: E402
+from leadre_model.eval.baselines import SASRecConfig  # noqa: E402
 from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data  # noqa: E402
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever  # noqa: E402
 from leadre_model.eval.new_ads import (  # noqa: E402
@@ -69,11 +71,13 @@ def main() -> None:
     ap.add_argument("--preset", default="bench", choices=sorted(TRAIN_PRESETS))
     ap.add_argument("--new-share", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--users", type=int, default=WORLD.n_users, help="(smaller: a smoke run)")
+    ap.add_argument("--epochs", type=float, default=None, help="override the seq epochs")
     args = ap.parse_args()
     wd: Path = args.workdir
     world = wd / "world"
     if not (world / "world.json").exists():
-        generate_world(world, WORLD, progress=False)
+        generate_world(world, WORLD.model_copy(update={"n_users": args.users}), progress=False)
     ads = load_ads(world)
     new = pick_new_ads([a.ad_id for a in ads], args.new_share, args.seed)
     index_dir, served_dir = wd / "index", wd / "index_served"
@@ -87,19 +91,28 @@ def main() -> None:
 
     model_dir = wd / f"model-{args.preset}"
     t0 = time.perf_counter()
-    train_leadre(world, index_dir, model_dir, TRAIN_PRESETS[args.preset], progress=False)
+    preset = TRAIN_PRESETS[args.preset]
+    if args.epochs is not None and preset.seq is not None:
+        preset = preset.model_copy(update={"seq": preset.seq.model_copy(
+            update={"epochs": args.epochs})})
+    train_leadre(world, index_dir, model_dir, preset, progress=False)
     train_s = time.perf_counter() - t0
 
     data = build_eval_data(world, EvalConfig(progress=False))
     known = hold_out(data, new)
     cases = data.test_cases
     is_new = new_ad_mask(data, new)
-    baselines = baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
-                                    progress=False)
-    t0 = time.perf_counter()
+    baselines = baseline_retrievers(["popularity", "recent", "itemcf"], progress=False)
     for b in baselines:
         b.fit_eval(known)
-    sasrec_s = baselines[-1].info.get("train_s", time.perf_counter() - t0)
+    # SASRec-CE, early-stopped on validation, its dropout chosen on validation too
+    sasrecs = [baseline_retrievers(["sasrec_ce"], sasrec=SASRecConfig(dropout=p), progress=False)[0]
+               for p in (0.3, 0.5)]
+    for s in sasrecs:
+        s.fit_eval(known)
+    sasrec = max(sasrecs, key=lambda s: s.info["best_valid_ndcg@10"])
+    sasrec_s = sum(s.info["train_s"] for s in sasrecs)
+    baselines.append(sasrec)
     leadre = LeadreRetriever("leadre", model_dir, index_dir, world,
                              LeadreEvalConfig(progress=False), index=load_index(served_dir))
     itemcf = baselines[2]
@@ -139,7 +152,8 @@ def main() -> None:
     lines.append(("distinct_top1_over_50_users", len({o[0] for o in outs["leadre"][:50] if o})))
     lines.append(("invalid_rate", M.invalid_output_rate(outs["leadre"], data.active_ids)))
     lines += [("test_users", n), ("train_s", train_s), ("sasrec_train_s", sasrec_s),
-              ("sasrec_epochs", baselines[-1].info.get("epochs_run", 0)),
+              ("sasrec_epochs", sasrec.info["epochs_run"]),
+              ("sasrec_dropout", sasrec.info["config"]["dropout"]),
               ("leadre_params", sum(p.numel() for p in leadre.model.parameters()))]
     for k, v in lines:
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")

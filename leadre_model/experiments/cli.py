@@ -59,7 +59,7 @@ def recipe(
     run: str = typer.Option("recipe", help="report directory name under --reports"),
     reports: Path = typer.Option(Path("reports"), help="where runs are written"),
     variants: str = typer.Option("reference,wo_content,wo_summary,wo_profile,no_soft,"
-                                 "ex_then_seq,codebook_init,dpo", help="comma-separated subset"),
+                                 "ex_then_seq,default_init,no_content_loss,dpo", help="comma-separated subset"),
     users: int = typer.Option(1000, min=50, help="synthetic users"),
     ads: int = typer.Option(1000, min=50, help="synthetic ads"),
     seed: int = typer.Option(0),

@@ -25,23 +25,34 @@ from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, train_leadre
 
 # name → (what the paper or the recipe says it is, override of the cpu preset's dump)
 RECIPE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "reference": ("cpu preset: profile + summary + ads & content, soft token, seq", {}),
+    "reference": ("cpu preset: profile + summary + ads & content, soft token, seq, "
+                  "content loss, codebook init", {}),
     "wo_content": ("Table 1: w.o. content behaviour", {"prompts": {"include_content": False}}),
     "wo_summary": ("Table 1: w.o. interest summary", {"prompts": {"include_summary": False}}),
     "wo_profile": ("w.o. user profile", {"prompts": {"include_profile": False}}),
     "no_soft": ("Fig. 4a: w.o. soft prompt token", {"prompts": {"soft_token": ""}}),
     "ex_then_seq": ("Table 2: EX → main (explicit alignment first)", {"curriculum": "ex>seq"}),
-    "codebook_init": ("S-ID rows from RQ-VAE codebooks", {"llm": {"sid_init": "codebook"}}),
+    "default_init": ("S-ID rows from the default init, not the RQ-VAE codebooks",
+                     {"llm": {"sid_init": "default"}}),
+    "no_content_loss": ("no auxiliary loss on content categories",
+                        {"prompts": {"compact": {"content_loss": False}}}),
+    "time_gaps": ("+ a time-gap token before each behaviour",
+                  {"prompts": {"compact": {"content_loss": True, "time_gaps": True}}}),
     "dpo": ("Fig. 4b: + DPO on eCPM pairs", {"dpo": DPO_PRESETS["tiny"].model_dump(),
                                              "dpo_users": 300}),
 }
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def variant_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
-    d = (base or TRAIN_PRESETS["cpu"]).model_dump()
-    for key, value in RECIPE_VARIANTS[name][1].items():
-        d[key] = {**d[key], **value} if isinstance(value, dict) and isinstance(d.get(key), dict) \
-            else value
+    """The cpu preset (or ``base``) with the variant's overrides, merged key by key."""
+    d = _merged((base or TRAIN_PRESETS["cpu"]).model_dump(), RECIPE_VARIANTS[name][1])
     return TrainConfig.model_validate(d)
 
 

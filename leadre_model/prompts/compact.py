@@ -60,13 +60,20 @@ class CompactConfig(_Config):
     profile_buckets: int = Field(default=512, ge=1, description="<pf_N> tokens")
     count_levels: int = Field(default=8, ge=1, description="<cnt_N>: floor(log2(count)), capped")
     age_bucket_years: int = Field(default=5, ge=1)
+    time_gaps: bool = Field(default=False, description="a <gap_N> token before each "
+                            "behaviour: the time since the previous one, in log buckets")
     content_loss: bool = Field(default=False, description="dense rows also put the loss on "
                                "each content behaviour's category token (auxiliary task)")
 
 
+# upper bounds (seconds) of the gap buckets: a minute, an hour, a day, a week, a month
+GAP_BOUNDS = (60, 3_600, 86_400, 7 * 86_400, 30 * 86_400)
+
+
 def compact_vocabulary(cfg: CompactConfig) -> list[str]:
     """Every token a compact prompt can contain besides S-IDs and the soft token."""
-    return [*MARKERS, *(f"<cat_{i}>" for i in range(cfg.category_buckets)),
+    return [*MARKERS, *(f"<gap_{i}>" for i in range(len(GAP_BOUNDS) + 1)),
+            *(f"<cat_{i}>" for i in range(cfg.category_buckets)),
             *(f"<pf_{i}>" for i in range(cfg.profile_buckets)),
             *(f"<cnt_{i}>" for i in range(cfg.count_levels))]
 
@@ -125,19 +132,23 @@ class CompactRenderer:
         """Tokens of each behaviour (``[]`` for items with nothing to show), in order."""
         out: list[list[str]] = []
         last_ad: str | None = None
-        for b in positive:
+        for i, b in enumerate(positive):
             if b.domain is Domain.CONTENT:
                 cat = self.item_category(b)
-                out.append([CONTENT_ACTIONS[b.action], self.category(cat)]
-                           if cat is not None and b.action in CONTENT_ACTIONS else [])
-                continue
-            if b.action is Action.CONVERSION and b.item_id == last_ad:
-                out.append([CONVERSION])  # the same interaction as the click before it
+                toks = ([CONTENT_ACTIONS[b.action], self.category(cat)]
+                        if cat is not None and b.action in CONTENT_ACTIONS else [])
+            elif b.action is Action.CONVERSION and b.item_id == last_ad:
+                toks = [CONVERSION]  # the same interaction as the click before it
             else:
                 sid = self.ad_sid(b.item_id)
                 conv = [CONVERSION] if b.action is Action.CONVERSION else []
-                out.append([AD, *sid, *conv] if sid is not None else [])
-            last_ad = b.item_id
+                toks = [AD, *sid, *conv] if sid is not None else []
+            if b.domain is Domain.AD:
+                last_ad = b.item_id
+            if toks and self.cfg.time_gaps:
+                gap = b.ts - positive[i - 1].ts if i else 0
+                toks.insert(0, f"<gap_{sum(gap >= g for g in GAP_BOUNDS)}>")
+            out.append(toks)
         return out
 
     def head(self, user: User | None, summary: list[str], with_profile: bool) -> list[str]:
@@ -173,10 +184,14 @@ class CompactRenderer:
         for i in range(len(items) - keep, len(items)):
             toks = items[i]
             tokens += toks
-            is_target = i in targets and toks[:1] == [AD]
-            is_content = self.cfg.content_loss and toks[:1] != [AD] and len(toks) == 2
-            mask += [(is_target or is_content) and 0 < j < len(toks) and toks[j] != CONVERSION
-                     for j in range(len(toks))]
+            # S-ID tokens follow <|ad|>; a content behaviour's category follows its action
+            at = toks.index(AD) if AD in toks else -1
+            if i in targets and at >= 0:
+                mask += [at < j and toks[j] != CONVERSION for j in range(len(toks))]
+            elif self.cfg.content_loss and toks and toks[-1].startswith("<cat_"):
+                mask += [j == len(toks) - 1 for j in range(len(toks))]
+            else:
+                mask += [False] * len(toks)
         return tokens, mask
 
 

@@ -19,7 +19,7 @@ from leadre_model.index.sids import sid_vocabulary
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model, save_model
 from leadre_model.llm.tokenizer import TokenizerConfig, level_token_ids, train_tokenizer
-from leadre_model.prompts.compact import compact_vocabulary
+from leadre_model.prompts.compact import CompactConfig, compact_vocabulary
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.dpo import DPO_PRESETS, DPOStageConfig, preference_pairs, train_dpo
@@ -48,10 +48,14 @@ _SMALL_LLM = LLMConfig(hidden_size=96, intermediate_size=256, num_layers=2)
 
 # The CPU recipe (issue "Retrieval quality"): compact prompts (every prompt component as a
 # few tokens, leadre_model/prompts/compact.py) and the dense `seq` task (one row per user,
-# the loss on the S-ID of every train target), a ≈0.2M-parameter Qwen2 from scratch.
-# Measured by bench/quality_bench.py; the README's "Which preset" table has the costs.
-_COMPACT_PROMPTS = PromptConfig(format="compact", max_behaviors=200, token_budget=600)
-_CPU_LLM = LLMConfig(hidden_size=64, intermediate_size=128, num_layers=2, max_positions=1024)
+# the loss on the S-ID of every train target, and on each content behaviour's category as an
+# auxiliary task), S-ID rows initialised from the RQ-VAE codebooks, a ≈0.2M-parameter Qwen2
+# from scratch. Measured by bench/quality_bench.py and `leadre experiment recipe`; the
+# README's "Which preset to pick" table has the costs.
+_COMPACT_PROMPTS = PromptConfig(format="compact", max_behaviors=200, token_budget=600,
+                                compact=CompactConfig(content_loss=True))
+_CPU_LLM = LLMConfig(hidden_size=64, intermediate_size=128, num_layers=2, max_positions=1024,
+                     sid_init="codebook")
 _SEQ = SFTStageConfig(epochs=20, lr=3e-3, min_lr=3e-4, batch_size=16, grad_accum=1,
                       warmup_ratio=0.05, logging_steps=50)
 _CPU = TrainConfig(llm=_CPU_LLM, tokenizer=TokenizerConfig(vocab_size=300),
