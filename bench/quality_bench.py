@@ -31,25 +31,25 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from leadre_model.config import IndexConfig, PRESETS, preset_for  # noqa: E402
-from leadre_model.data.store import load_ads  # noqa: E402
-from leadre_model.data.synth import SynthConfig, generate_world  # noqa: E402
-from leadre_model.eval import metrics as M  # noqa: E402
-from leadre_model.eval.baselines import SASRecConfig  # noqa: E402
-from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data  # noqa: E402
-from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever  # noqa: E402
-from leadre_model.eval.new_ads import (  # noqa: E402
+from leadre_model.config import PRESETS, IndexConfig, preset_for
+from leadre_model.data.store import load_ads
+from leadre_model.data.synth import SynthConfig, generate_world
+from leadre_model.eval import metrics as M
+from leadre_model.eval.baselines import SASRecConfig
+from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data
+from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
+from leadre_model.eval.new_ads import (
     MergedRetriever,
     hold_out,
     new_ad_mask,
     new_ad_recall,
     pick_new_ads,
 )
-from leadre_model.index.build import add_ads, build_index  # noqa: E402
-from leadre_model.index.sid_index import load_index  # noqa: E402
-from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre  # noqa: E402
+from leadre_model.index.build import add_ads, build_index
+from leadre_model.index.sid_index import load_index
+from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
 
 WORLD = SynthConfig(n_users=1000, n_ads=1000, n_content=1500, seed=0)
 

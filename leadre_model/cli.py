@@ -200,10 +200,13 @@ def train(
         "of the behaviour corpus, for a model from scratch)"),
     base: str | None = typer.Option(None, help="local HF causal-LM checkpoint (default: tiny "
                                     "Qwen2 from scratch; a checkpoint skips the preset's lm stage)"),
+    lora_r: int | None = typer.Option(None, min=1, help="with --base: PEFT LoRA adapters of "
+                                      "this rank (merged into the weights when saved)"),
     dpo: bool = typer.Option(True, help="align to eCPM with DPO after SFT"),
     progress: bool = typer.Option(True),
 ) -> None:
-    """Curriculum SFT (EX → IM → Main) and DPO; saves safetensors + manifest."""
+    """SFT (the CPU recipe's dense seq stage, or EX → IM → Main) and DPO; saves
+    safetensors + manifest."""
     from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
     from leadre_model.train.sft import strip_lm
 
@@ -213,8 +216,13 @@ def train(
     update: dict[str, Any] = {}
     if curriculum:
         update["curriculum"] = curriculum
+    if lora_r is not None and not base:
+        raise ValueError("--lora-r needs --base (LoRA adapts a pretrained checkpoint)")
     if base:
-        update["llm"] = cfg.llm.model_copy(update={"base": base})
+        from leadre_model.llm.model import LoraSettings
+
+        lora = LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else cfg.llm.lora
+        update["llm"] = cfg.llm.model_copy(update={"base": base, "lora": lora})
         if not curriculum:  # a pretrained checkpoint already is a language model
             update["curriculum"] = strip_lm(cfg.curriculum)
     if not dpo:
@@ -322,7 +330,7 @@ def demo(
     _show_examples(workdir)
     console.rule("[bold]4/5 LLM alignment: LM on the corpus, curriculum SFT (EX → IM → Main), DPO")
     train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
-          curriculum=None, base=None, dpo=True, progress=True)
+          curriculum=None, base=None, lora_r=None, dpo=True, progress=True)
     _show_retrievals(workdir)
     _show_quality(workdir)
     console.rule("[bold]5/5 live system: inference × 2, nearline worker, user server, mixer")

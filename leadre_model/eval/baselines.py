@@ -108,10 +108,10 @@ class Recent(ItemRecommender):
         out = np.repeat(base[None, :] - np.arange(self.n_items) * 1e-12, len(histories), axis=0)
         for u, h in enumerate(histories):
             seen: set[int] = set()
-            for rank, item in enumerate(reversed(h)):
+            for item in reversed(h):
                 if item not in seen:
                     seen.add(item)
-                    out[u, item] = 2.0 + 1.0 / (1 + rank + len(seen))
+                    out[u, item] = 2.0 + 1.0 / len(seen)  # above any popularity score
         return out
 
 

@@ -18,15 +18,20 @@ from typing import Any
 
 from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.synth import SynthConfig, generate_world
-from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data, evaluate_both
+from leadre_model.eval.harness import (
+    EvalConfig,
+    baseline_retrievers,
+    build_eval_data,
+    evaluate_both,
+)
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 from leadre_model.train.dpo import DPO_PRESETS
 from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, train_leadre
 
 # name → (what the paper or the recipe says it is, override of the cpu preset's dump)
 RECIPE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "reference": ("cpu preset: profile + summary + ads & content, soft token, seq, "
-                  "content loss, codebook init", {}),
+    "reference": (("cpu preset: profile + summary + ads & content, soft token, seq, "
+                   "content loss, codebook init"), {}),
     "wo_content": ("Table 1: w.o. content behaviour", {"prompts": {"include_content": False}}),
     "wo_summary": ("Table 1: w.o. interest summary", {"prompts": {"include_summary": False}}),
     "wo_profile": ("w.o. user profile", {"prompts": {"include_profile": False}}),
@@ -107,10 +112,11 @@ def _report(out: Path, res: dict[str, Any], world_cfg: SynthConfig) -> None:
     names = [n for n in rows if not n.endswith("+xs")]
     lines = [f"# CPU recipe ablations ({out.name})", "",
              f"World: `{world_cfg.model_dump_json()}`; split: {res['data']}.", "",
-             "HR@8 ± standard error on every test user, full ranking; `+xs`: the user's earlier "
-             "target ads masked in every retriever. Train time on this 2-core machine.", "",
-             "| retriever | what | HR@1 | HR@8 ± se | NDCG@8 | eCPM@8 | HR@8 +xs | Dice drop1 | "
-             "invalid | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             ("HR@8 ± standard error on every test user, full ranking; `+xs`: the user's "
+              "earlier target ads masked in every retriever. Train time on this 2-core machine."),
+             "",
+             ("| retriever | what | HR@1 | HR@8 ± se | NDCG@8 | eCPM@8 | HR@8 +xs | Dice drop1 | "
+              "invalid | train s |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         f, x = rows[n], rows.get(f"{n}+xs", {})
         fit = res.get("fits", {}).get(n, {})
@@ -122,9 +128,9 @@ def _report(out: Path, res: dict[str, Any], world_cfg: SynthConfig) -> None:
                      f"{t:.0f} |")
     sas = res.get("fits", {}).get("sasrec_ce", {})
     if sas:
-        lines += ["", f"SASRec-CE: {sas['epochs_run']} epochs, best {sas['best_epoch']}, stopped "
-                      f"by {sas['stopped_by']} (patience {sas['config']['patience']} rounds of "
-                      f"{sas['config']['eval_every']} epochs), {sas['train_s']:.0f} s."]
+        lines += ["", (f"SASRec-CE: {sas['epochs_run']} epochs, best {sas['best_epoch']}, "
+                       f"stopped by {sas['stopped_by']} (patience {sas['config']['patience']} "
+                       f"rounds of {sas['config']['eval_every']} epochs), {sas['train_s']:.0f} s.")]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(10, 4))
     xs = range(len(names))

@@ -54,7 +54,7 @@ from typing import Literal
 
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
 from leadre_model.index.sid_index import SidIndex
-from leadre_model.prompts.compact import ADVERTISER_Q, AD, CompactRenderer
+from leadre_model.prompts.compact import AD, ADVERTISER_Q, CompactRenderer
 from leadre_model.prompts.config import PromptConfig, PromptTemplate
 
 DAY = 86_400

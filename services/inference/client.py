@@ -17,8 +17,8 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.contracts import (
     IN_ADV_PROMPT,
-    IN_EXCLUDE,
     IN_BEAM,
+    IN_EXCLUDE,
     IN_PROMPT,
     IN_PROMPT_IDS,
     IN_TOPK,

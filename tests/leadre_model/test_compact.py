@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leadre_model.data.records import Action, Behavior, Domain, User
+from leadre_model.data.records import Action, Behavior, Domain
 from leadre_model.data.split import iter_user_histories, leave_one_out
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.index.sid_index import load_index

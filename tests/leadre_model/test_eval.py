@@ -10,13 +10,14 @@ import pytest
 
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.eval import metrics as M
-from leadre_model.eval.baselines import ItemCF, Popularity, SASRec, SASRecConfig
+from leadre_model.eval.baselines import ItemCF, Popularity, Recent, SASRec, SASRecConfig
 from leadre_model.eval.harness import (
     EvalCase,
     EvalConfig,
     baseline_retrievers,
     build_eval_data,
     evaluate,
+    evaluate_both,
     render_table,
 )
 
@@ -174,3 +175,60 @@ def test_harness_on_synthetic_world(world: Path) -> None:
         assert not set(row) & set(case.ad_history)
     table = render_table(res)
     assert table.count("\n") == 1 + len(retrievers) and "| sasrec_ce |" in table
+
+
+def test_recent_lists_last_distinct_items_then_popularity() -> None:
+    model = Recent(6).fit([[1, 1, 1, 2, 2, 0]])
+    assert model.recommend([[4, 3, 4]], 4).tolist() == [[4, 3, 1, 2]]
+    assert model.recommend([[4, 3, 4]], 3, exclude_seen=True).tolist() == [[1, 2, 0]]
+    assert model.recommend([[]], 2).tolist() == [[1, 2]]
+
+
+def test_sasrec_records_its_fit_and_is_cached_per_split(world: Path, tmp_path: Path) -> None:
+    cfg = EvalConfig(progress=False, dice_drops=())
+    data = build_eval_data(world, cfg)
+    fast = SASRecConfig(epochs=4, eval_every=2, hidden=16)
+    first = baseline_retrievers(["sasrec_ce"], sasrec=fast, progress=False, cache_dir=tmp_path)[0]
+    first.fit_eval(data)
+    info = first.info
+    assert info["epochs_run"] == 4 and info["stopped_by"] in ("epochs", "early_stopping")
+    assert info["config"]["hidden"] == 16 and info["train_s"] > 0 and "from_cache" not in info
+    again = baseline_retrievers(["sasrec_ce"], sasrec=fast, progress=False, cache_dir=tmp_path)[0]
+    again.fit_eval(data)
+    assert again.info["from_cache"] and again.info["epochs_run"] == 4
+    cases = data.test_cases[:20]
+    assert again.recommend(cases, 5) == first.recommend(cases, 5)
+    other = baseline_retrievers(["sasrec_ce"], sasrec=fast.model_copy(update={"hidden": 8}),
+                                progress=False, cache_dir=tmp_path)[0]
+    other.fit_eval(data)  # other settings: another cache entry, trained afresh
+    assert "from_cache" not in other.info and len(list(tmp_path.glob("*.pt"))) == 2
+    res = evaluate_both(world, [first, *baseline_retrievers(["recent"], progress=False)], cfg,
+                        data=data)
+    assert set(res["retrievers"]) == {"sasrec_ce", "recent", "sasrec_ce+xs", "recent+xs"}
+    assert res["fits"]["sasrec_ce"]["epochs_run"] == 4
+    for figs in res["retrievers"].values():
+        p = figs["hr@8"]
+        assert figs["hr@8_se"] == pytest.approx(math.sqrt(p * (1 - p) / len(data.test_cases)))
+
+
+def test_new_ads_are_hidden_from_baselines_and_branches_merge(world: Path) -> None:
+    from leadre_model.eval.new_ads import MergedRetriever, hold_out, new_ad_mask, pick_new_ads
+
+    data = build_eval_data(world, EvalConfig(progress=False))
+    new = pick_new_ads(data.ad_ids, 0.2, seed=1)
+    known = hold_out(data, new)
+    new_ints = {data.index[a] for a in new}
+    assert not any(set(s) & new_ints for s in known.train_sequences + known.valid_histories)
+    assert not set(known.valid_targets) & new_ints
+    assert len(known.test_cases) == len(data.test_cases)  # every case is still scored
+    assert new_ad_mask(known, new).sum() == known.stats["test_targets_new"]
+    for c in known.test_cases:
+        assert not set(known.to_ints(c.ad_history)) & new_ints
+    a, b = baseline_retrievers(["popularity", "recent"], progress=False)
+    for r in (a, b):
+        r.fit_eval(known)
+    merged = MergedRetriever("m", b, a).recommend(known.test_cases[:5], 6)
+    for row, ra, rb in zip(merged, a.recommend(known.test_cases[:5], 6),
+                           b.recommend(known.test_cases[:5], 6)):
+        assert len(row) == len(set(row)) == 6 and row[0] == rb[0]
+        assert set(row) <= set(ra) | set(rb)
