@@ -22,6 +22,7 @@ masked, in every retriever; `_se`: standard error):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", type=int, default=WORLD.n_users, help="(smaller: a smoke run)")
     ap.add_argument("--epochs", type=float, default=None, help="override the seq epochs")
+    ap.add_argument("--reuse-model", action="store_true",
+                    help="test the model a previous run trained (train_s: its recorded time)")
     args = ap.parse_args()
     wd: Path = args.workdir
     world = wd / "world"
@@ -91,12 +94,16 @@ def main() -> None:
 
     model_dir = wd / f"model-{args.preset}"
     t0 = time.perf_counter()
+    reuse = args.reuse_model and (model_dir / "train_log.json").exists()
     preset = TRAIN_PRESETS[args.preset]
     if args.epochs is not None and preset.seq is not None:
         preset = preset.model_copy(update={"seq": preset.seq.model_copy(
             update={"epochs": args.epochs})})
-    train_leadre(world, index_dir, model_dir, preset, progress=False)
-    train_s = time.perf_counter() - t0
+    if reuse:
+        train_s = sum(json.loads((model_dir / "train_log.json").read_text())["timings"].values())
+    else:
+        train_leadre(world, index_dir, model_dir, preset, progress=False)
+        train_s = time.perf_counter() - t0
 
     data = build_eval_data(world, EvalConfig(progress=False))
     known = hold_out(data, new)

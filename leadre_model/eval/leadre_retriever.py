@@ -16,7 +16,7 @@ from leadre_model.data.store import iter_records, load_ads
 from leadre_model.eval.harness import EvalCase
 from leadre_model.index.sid_index import SidIndex, load_index
 from leadre_model.index.trie import SidTrie
-from leadre_model.llm.decode import constrained_beam_search
+from leadre_model.llm.decode import cold_prefix_nodes, constrained_beam_search
 from leadre_model.llm.model import load_model
 from leadre_model.llm.tokenizer import level_token_ids
 from leadre_model.prompts.builder import PromptBuilder
@@ -67,6 +67,10 @@ class LeadreRetriever:
         self.trie = SidTrie.build(self.index.codes[fits], np.flatnonzero(fits),
                                   active=self.index.active[fits], level_sizes=sizes)
         self.level_ids = level_token_ids(self.tokenizer, sizes)
+        # ads added after training (new ads): reached through their semantic prefix (decode.py)
+        cold = np.arange(len(self.index)) >= n
+        self.cold_nodes = (cold_prefix_nodes(self.trie, self.index.codes[fits], cold[fits])
+                           if cold.any() else None)
 
     def prompts(self, cases: Sequence[EvalCase]) -> list[str]:
         return [self.builder.build(c.user, c.behaviors, c.now_ts) for c in cases]
@@ -89,5 +93,5 @@ class LeadreRetriever:
         hits = constrained_beam_search(self.model, self.tokenizer, prompts, self.trie,
                                        self.level_ids, beam_width=beam, top_k=k,
                                        batch_size=self.cfg.batch_size, progress=self.cfg.progress,
-                                       exclude=exclude)
+                                       exclude=exclude, cold_nodes=self.cold_nodes)
         return [[self.index.ad_ids[h.row] for h in hs] for hs in hits]

@@ -90,6 +90,7 @@ def constrained_beam_search(
     engine: Engine = "auto",
     progress: bool = False,
     exclude: Sequence[Collection[int]] | None = None,
+    cold_nodes: Sequence[np.ndarray] | None = None,
 ) -> list[list[Hit]]:
     """Top ads per prompt by trie-constrained beam search (full-vocabulary log-probs).
 
@@ -103,6 +104,12 @@ def constrained_beam_search(
         exclude: per prompt, index rows that must not be returned (e.g. ads the user
             already converted on): masked at the last level, per request, on top of the
             shared trie.
+        cold_nodes: from :func:`cold_prefix_nodes`: trie nodes below level 0 that only ads
+            added after the model was trained (``leadre index add``) lead to. The model never
+            generated those paths, so a step into one scores the parent's probability shared
+            evenly among its valid children instead of the model's log-probability: a new
+            ad is reached through its semantic first code, then treated like an average
+            sibling (cold start without retraining).
 
     Returns, per prompt, at most ``top_k`` distinct hits sorted by log-probability, best
     first; fewer when the trie has fewer active ads below the surviving beams. Every row is
@@ -115,7 +122,7 @@ def constrained_beam_search(
         raise ValueError(f"exclude has {len(exclude)} entries for {len(prompts)} prompts")
     beams = beam_search_codes(model, tokenizer, prompts, level_token_ids, beam_width, trie=trie,
                               batch_size=batch_size, engine=engine, progress=progress,
-                              exclude=exclude)
+                              exclude=exclude, cold_nodes=cold_nodes)
     return [_hits(trie, b)[:top_k] for b in beams]
 
 
@@ -130,6 +137,7 @@ def beam_search_codes(
     engine: Engine = "auto",
     progress: bool = False,
     exclude: Sequence[Collection[int]] | None = None,
+    cold_nodes: Sequence[np.ndarray] | None = None,
 ) -> list[Beams]:
     """The beam search itself, per prompt its final beams. With ``trie=None`` the same
     search runs unconstrained over each level's S-ID tokens (any code tuple, existing ad or
@@ -153,7 +161,7 @@ def beam_search_codes(
             shared = _use_shared_prefix(model, engine, max(map(len, batch)) + len(tokens))
             excl = None if exclude is None or trie is None else [exclude[i] for i in chunk]
             for i, b in zip(chunk, _search(model, batch, pad_id, trie, tokens, beam_width, shared,
-                                           excl)):
+                                           excl, cold_nodes)):
                 out[i] = b
     finally:
         model.train(was_training)
@@ -206,7 +214,8 @@ class _SharedPrefixSteps:
 @torch.inference_mode()
 def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: SidTrie | None,
             tokens: list[torch.Tensor], beam_width: int, shared: bool,
-            exclude: Sequence[Collection[int]] | None = None) -> list[Beams]:
+            exclude: Sequence[Collection[int]] | None = None,
+            cold_nodes: Sequence[np.ndarray] | None = None) -> list[Beams]:
     device, n = model.device, len(ids)
     input_ids, prompt_mask = _left_pad(ids, pad_id, device)
     # Left padding shifts tokens right; positions count real tokens only, so a prompt gets
@@ -227,8 +236,17 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
         cand = score[:, None] + _full_vocab_logprobs(logits, level_ids)  # (n * width, K)
         if trie is not None:
             valid = trie.valid_mask(level, nodes)
-            if exclude is not None and level == len(tokens) - 1 and any(exclude):
+            last = level == len(tokens) - 1
+            if last and exclude is not None and any(exclude):
                 valid &= ~_excluded(trie, history, k, width, exclude)
+            if level > 0 and cold_nodes is not None and len(cold_nodes[level]):
+                child = trie.step(level, np.repeat(nodes, k),
+                                  np.tile(np.arange(k, dtype=np.int64), len(nodes)))
+                cold = torch.from_numpy(np.isin(child.reshape(len(nodes), k), cold_nodes[level])
+                                        & valid)
+                share = score[:, None] - torch.log(torch.from_numpy(valid.sum(1, keepdims=True))
+                                                   .clamp(min=1).to(score.dtype))
+                cand = torch.where(cold.to(device), share.expand_as(cand), cand)
             cand = cand.masked_fill(~torch.from_numpy(valid).to(device), float("-inf"))
         new_width = min(beam_width, width * k)
         top, idx = cand.view(n, width * k).topk(new_width, dim=1)  # sorted: best first
@@ -249,13 +267,32 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
             for p in range(n)]
 
 
-def _excluded(trie: SidTrie, history: np.ndarray, k: int, width: int,
-              exclude: Sequence[Collection[int]]) -> np.ndarray:
-    """(rows, k) bool: which last-level children of each beam are excluded ads."""
+def cold_prefix_nodes(trie: SidTrie, codes: np.ndarray, cold: np.ndarray) -> list[np.ndarray]:
+    """Per level l, the sorted node ids one level down that only the ads with ``cold`` True
+    (``codes``: (N, L) S-IDs of every indexed ad) lead to; see ``cold_nodes``."""
+    nodes = np.zeros(len(codes), dtype=np.int64)
+    out = []
+    for level in range(trie.num_levels):
+        nodes = trie.step(level, nodes, codes[:, level])
+        warm = set(nodes[~cold & (nodes >= 0)].tolist())
+        out.append(np.array(sorted(set(nodes[cold & (nodes >= 0)].tolist()) - warm),
+                            dtype=np.int64))
+    return out
+
+
+def _leaf_rows(trie: SidTrie, history: np.ndarray, k: int) -> np.ndarray:
+    """(beams, k) index row of each last-level child of each beam (-1: none)."""
     n_beams = len(history)
     codes = np.concatenate([np.repeat(history, k, axis=0),
                             np.tile(np.arange(k, dtype=np.int64), n_beams)[:, None]], axis=1)
-    rows = trie.lookup(codes).reshape(n_beams, k)
+    return trie.lookup(codes).reshape(n_beams, k)
+
+
+def _excluded(trie: SidTrie, history: np.ndarray, k: int, width: int,
+              exclude: Sequence[Collection[int]]) -> np.ndarray:
+    """(rows, k) bool: which last-level children of each beam are excluded ads."""
+    rows = _leaf_rows(trie, history, k)
+    n_beams = len(history)
     out = np.zeros((n_beams, k), dtype=bool)
     for p, rows_out in enumerate(exclude):
         if rows_out:
@@ -328,5 +365,6 @@ def exhaustive_scores(
     return [Hit(int(rows[i]), tuple(int(c) for c in codes[i]), float(total[i])) for i in order]
 
 
-__all__ = ["Beams", "Engine", "Hit", "beam_search_codes", "constrained_beam_search",
+__all__ = ["Beams", "Engine", "Hit", "beam_search_codes", "cold_prefix_nodes",
+           "constrained_beam_search",
            "encode_prompts", "exhaustive_scores"]

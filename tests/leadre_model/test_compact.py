@@ -13,7 +13,7 @@ from leadre_model.data.records import Action, Behavior, Domain
 from leadre_model.data.split import iter_user_histories, leave_one_out
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.index.sid_index import load_index
-from leadre_model.llm.decode import constrained_beam_search
+from leadre_model.llm.decode import cold_prefix_nodes, constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model
 from leadre_model.llm.tokenizer import level_token_ids, train_tokenizer
 from leadre_model.prompts.builder import PromptBuilder
@@ -127,3 +127,16 @@ def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
     for before, after, ex in zip(hits, again, excl):
         assert not {h.row for h in after} & ex
         assert [h.row for h in after] == [h.row for h in before[1:4]]
+    # Ads added after training ("cold"): the meaningless last code is not scored by the
+    # model; siblings under one semantic prefix then share its probability evenly.
+    every = np.ones(len(index), dtype=bool)
+    nodes = cold_prefix_nodes(trie, index.codes, every)
+    assert all(len(n) for n in nodes)  # all ads cold: every node below the root is cold
+    cold = constrained_beam_search(model, tok, prompts, trie, ids, beam_width=8, top_k=8,
+                                   cold_nodes=nodes)
+    for hs in cold:
+        assert index.active[[h.row for h in hs]].all()
+        by_prefix: dict[tuple[int, ...], set[float]] = {}
+        for h in hs:
+            by_prefix.setdefault(h.codes[:-1], set()).add(round(h.logprob, 5))
+        assert all(len(v) == 1 for v in by_prefix.values())
