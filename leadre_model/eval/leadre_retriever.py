@@ -42,6 +42,8 @@ def prompt_config_of(manifest: dict) -> PromptConfig:
 class LeadreRetriever:
     """A trained LEADRE model behind the harness's Retriever protocol."""
 
+    cold_nodes: list[np.ndarray] | None = None  # trie nodes only new ads lead to (decode.py)
+
     def __init__(self, name: str, model_dir: Path, index_dir: Path, world: Path,
                  cfg: LeadreEvalConfig | None = None, index: SidIndex | None = None) -> None:
         """``index``: the index to decode over when it is not ``index_dir`` itself, e.g.
