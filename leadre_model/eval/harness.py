@@ -376,8 +376,7 @@ def render_table(results: dict, digits: int = 4) -> str:
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
     lines = ["| retriever | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") and not c.endswith("_se")
-                  else f"{r[c]:.{digits}f}")
+        cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") else f"{r[c]:.{digits}f}")
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
