@@ -138,6 +138,7 @@ def train_stage(
     samples: Sequence[Mapping[str, Any]],
     cfg: SFTStageConfig,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> list[dict[str, float]]:
     """One SFT pass over ``samples``; returns TRL's log history (loss per logging step).
     ``lm`` samples train as plain text (prompt + completion, loss on every token); all
@@ -166,6 +167,7 @@ def train_stage(
         weight_decay=cfg.weight_decay,
         optim="adamw_torch",
         completion_only_loss=not lm,
+        trainer_kwargs={"callbacks": list(callbacks)} if callbacks else None,
     )
 
 
@@ -196,11 +198,14 @@ def run_curriculum(
     progress: bool = True,
     lm_cfg: SFTStageConfig | None = None,
     seq_cfg: SFTStageConfig | None = None,
+    last_stage_callbacks: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
     """Run every stage in order; a mixed stage shuffles its tasks' samples together.
-    ``lm_cfg`` / ``seq_cfg``: the settings of an ``lm`` / ``seq`` stage (default: ``cfg``)."""
+    ``lm_cfg`` / ``seq_cfg``: the settings of an ``lm`` / ``seq`` stage (default: ``cfg``);
+    ``last_stage_callbacks``: trainer callbacks of the final stage (model selection)."""
     logs = []
-    for i, stage in enumerate(parse_curriculum(curriculum)):
+    stages = parse_curriculum(curriculum)
+    for i, stage in enumerate(stages):
         missing = [t for t in stage if not samples_by_task.get(t)]
         if missing:
             raise ValueError(f"curriculum {curriculum!r} stage {i + 1} needs samples for {missing}")
@@ -208,6 +213,7 @@ def run_curriculum(
         random.Random(cfg.seed + i).shuffle(samples)
         stage_cfg = {"lm": lm_cfg, "seq": seq_cfg}.get(stage[0]) if len(stage) == 1 else None
         stage_cfg = stage_cfg or cfg
-        history = train_stage(model, tokenizer, samples, stage_cfg, progress)
+        history = train_stage(model, tokenizer, samples, stage_cfg, progress,
+                              callbacks=last_stage_callbacks if i == len(stages) - 1 else ())
         logs.append({"stage": "+".join(stage), "samples": len(samples), "history": history})
     return logs

@@ -21,6 +21,7 @@ from leadre_model.prompts.compact import AD, CONVERSION, compact_vocabulary, spl
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.sft import SFT_PRESETS, dense_row_ids, run_curriculum
+from leadre_model.train.validate import BestOnValidation, SidValidator, ValidationConfig
 
 CFG = PromptConfig(format="compact", max_behaviors=200, token_budget=120)
 
@@ -101,12 +102,8 @@ def test_dense_row_puts_the_loss_on_every_train_target_sid(small_index, world, t
         assert [i for i in row["labels"] if i != -100] == tokenizer.convert_tokens_to_ids(want)
 
 
-def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
-    """A toy world in compact form: a content category tells which ad follows; after the
-    seq stage the decoder returns it, and excluding it per request returns the next best."""
-    index = load_index(small_index)
-    model, tok = build_model(LLMConfig(hidden_size=48, intermediate_size=96, num_layers=1,
-                                       num_heads=4, num_kv_heads=2), tokenizer)
+def _toy_rows(index) -> list[dict]:
+    """Users whose content category (u % 4) tells which ad follows (ad row 7 × category)."""
     rows = []
     for u in range(60):
         cat, ad = u % 4, u % 4 * 7
@@ -114,6 +111,39 @@ def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
         units = ["<|seq|>", "<|play|>", f"<cat_{cat}>", AD, *sid]
         rows.append({"prompt": "".join(units), "task": "seq", "user_id": str(u),
                      "loss_mask": "0" * 4 + "1" * len(sid)})
+    return rows
+
+
+def test_validation_keeps_the_best_weights_and_stops_early(small_index, tokenizer):
+    """Model selection (train/validate.py): rounds are scored with the constrained beam
+    search, the stage stops once `patience` rounds bring no gain, and the weights left in
+    the model are those of the best round."""
+    index = load_index(small_index)
+    model, tok = build_model(LLMConfig(hidden_size=48, intermediate_size=96, num_layers=1,
+                                       num_heads=4, num_kv_heads=2), tokenizer)
+    valid = [{"prompt": f"<|seq|><|play|><cat_{c}><|ad|>", "target_ad": index.ad_ids[c * 7]}
+             for c in range(4)]
+    vcfg = ValidationConfig(users=4, k=1, beam_width=4, every_epochs=5, patience=1)
+    validator = SidValidator(index, valid, vcfg)
+    assert validator(model, tok) < 1.0  # random init
+    selector = BestOnValidation(validator, vcfg, tok)
+    cfg = SFT_PRESETS["tiny"].model_copy(update={"epochs": 60, "lr": 1e-2, "logging_steps": 20})
+    run_curriculum(model, tok, {"seq": _toy_rows(index)}, "seq", cfg, progress=False,
+                   last_stage_callbacks=[selector])
+    summary = selector.summary()
+    assert summary["best_recall@1"] == 1.0
+    assert summary["stopped_by"] == "early_stopping"
+    assert summary["rounds"][-1]["epoch"] < 60
+    assert validator(model, tok) == 1.0  # the best round's weights are the ones kept
+
+
+def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
+    """A toy world in compact form: a content category tells which ad follows; after the
+    seq stage the decoder returns it, and excluding it per request returns the next best."""
+    index = load_index(small_index)
+    model, tok = build_model(LLMConfig(hidden_size=48, intermediate_size=96, num_layers=1,
+                                       num_heads=4, num_kv_heads=2), tokenizer)
+    rows = _toy_rows(index)
     cfg = SFT_PRESETS["tiny"].model_copy(update={"epochs": 25, "lr": 1e-2, "logging_steps": 20})
     logs = run_curriculum(model, tok, {"seq": rows}, "seq", cfg, progress=False)
     assert logs[0]["history"][-1]["loss"] < 0.2 * logs[0]["history"][0]["loss"]
