@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
-
 from services.common.contracts import INSTANCES_KEY, Retrieval
+from services.common.redis_client import redis_client
+from services.common.settings import Settings
 from services.nearline.balancer import InstanceBalancer
 
 
@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--service-ms", type=float, default=10.0)
     a = ap.parse_args()
 
-    r = redis.Redis.from_url(a.redis, decode_responses=True)
+    s = Settings(redis_url=a.redis)
+    r = redis_client(s)
     r.flushdb()
     try:
         instances = {f"grpc://standin-{i}:1": FixedTimeInstance(f"grpc://standin-{i}:1",
@@ -63,7 +64,7 @@ def main() -> None:
                       for i in range(a.workers)]
 
         def work(n: int) -> None:
-            bal = InstanceBalancer(redis.Redis.from_url(a.redis, decode_responses=True),
+            bal = InstanceBalancer(redis_client(s),
                                    instances.__getitem__)
             for _ in range(n):
                 _, url = bal.call(lambda c: c.retrieve(["p"], 20, 20))

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from leadre_model.data.store import read_table
 from services.common import keys
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.inference.registry import publish_version
 from services.launcher import LocalStack, free_port, free_port_block
@@ -86,7 +86,7 @@ def main() -> None:
                  inference_threads=max(1, (os.cpu_count() or 2) // args.instances),
                  inference_log_dir=str(work / "logs"))
     s = s.model_copy(update={"user_server_addr": f"127.0.0.1:{s.user_server_port}"})
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    r = redis_client(s)
     r.flushdb()
 
     world = args.run / "world"

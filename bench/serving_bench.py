@@ -39,13 +39,13 @@ from urllib.parse import urlparse
 
 import grpc
 import httpx
-import redis
 
 from leadre_model.data.synth import SynthConfig, generate_world
 from services.common import keys
 from services.common.contracts import Retrieval, RetrievedAd
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.launcher import free_port
 from services.nearline.writer import ListWriter
@@ -217,7 +217,7 @@ def main() -> None:
     a = ap.parse_args()
 
     s = Settings(redis_url=a.redis, log_json=False, user_metrics_port=0)
-    r = redis.Redis.from_url(a.redis, decode_responses=True)
+    r = redis_client(s)
     r.flushdb()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -228,7 +228,7 @@ def main() -> None:
             seed_world(r, world, s)
             users = sorted(r.smembers(keys.USERS))
             ads = list(r.hkeys(keys.ADS))
-            writer = ListWriter(redis.Redis.from_url(a.redis), s.list_ttl_s, 20)
+            writer = ListWriter(redis_client(s, decode_responses=False), s.list_ttl_s, 20)
             for u in users:
                 picked = random.sample(ads, 20)
                 writer.write(u, 1, Retrieval(

@@ -33,6 +33,8 @@ from locust.env import Environment
 
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
+from services.common.redis_client import redis_client
+from services.common.settings import Settings
 
 
 def _env(name: str, default: str) -> str:
@@ -66,9 +68,10 @@ K = int(_env("LOADTEST_K", "10"))
 @events.test_start.add_listener
 def _load_users(environment: Environment, **_: Any) -> None:
     global POOL, ADS
-    url = _env("LEADRE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    settings = Settings()  # LEADRE_REDIS_URL, _PASSWORD, _TLS_CA
+    url = settings.redis_url
     try:
-        r = redis.Redis.from_url(url, decode_responses=True)
+        r = redis_client(settings)
         known = list(r.smembers("leadre:users"))
         ADS = list(r.hrandfield("leadre:ads", 2000) or ADS)  # type: ignore[arg-type]
     except redis.RedisError as exc:

@@ -46,12 +46,11 @@ def serve_seed(
     """Seed Redis from a world: profiles + ARPU tiers, ad features + fallback, content,
     histories; optionally publish the first model+index version."""
     from leadre_model.data.store import read_table
-    from services.common.security import redis_options
     from services.launcher import publish_if_missing, require_redis
     from services.user_server.seed import flush_leadre_keys, seed_world
 
     s = _settings()
-    r = require_redis(s.redis_url, **redis_options(s))
+    r = require_redis(s)
     if model is not None:
         version = publish_if_missing(s, model, index, world)
         console.print(f"registry {s.registry_dir}: current version {version}")

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 from rich.console import Console
 from rich.table import Table
 
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.launcher import LocalStack, StackError, free_port, free_port_block
 from services.replay import post_behaviors, wait_fresh
@@ -43,7 +43,7 @@ def run_live_demo(workdir: Path, console: Console, n_users: int = 60, holdout: i
     s = live_settings(workdir)
     for d in (s.registry_dir, s.live_index_dir):
         shutil.rmtree(d, ignore_errors=True)
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    r = redis_client(s)
     flush_leadre_keys(r)
     version = publish_version(s.registry_dir, workdir / "model", workdir / "index",
                               world=workdir / "world")

@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis
 
 from services.common import keys
 from services.common.contracts import INSTANCES_KEY
-from services.common.security import redis_options
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 
 CLI = [sys.executable, "-m", "leadre_model.cli"]
@@ -37,13 +36,14 @@ class StackError(ValueError):
     so the CLI's error policy prints it as one line.)"""
 
 
-def require_redis(url: str, **options: Any) -> redis.Redis:
-    """A client for ``url``; StackError (one line) when Redis does not answer."""
-    r = redis.Redis.from_url(url, decode_responses=True, **options)
+def require_redis(settings: Settings) -> redis.Redis:
+    """A client for ``settings.redis_url``; StackError (one line) when Redis does not answer."""
+    r = redis_client(settings)
     try:
         r.ping()
     except redis.RedisError as exc:
-        raise StackError(f"Redis at {url} is not answering ({exc}); `make redis` starts one") from None
+        raise StackError(f"Redis at {settings.redis_url} is not answering ({exc}); "
+                         "`make redis` starts one") from None
     return r
 
 
@@ -87,8 +87,7 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.log_dir = Path(self.log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True,
-                                      **redis_options(self.settings))
+        self.r = redis_client(self.settings)
 
     # -- processes ------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -201,7 +200,7 @@ def serve_all(settings: Settings, world: Path | None, model: Path | None, index:
     from leadre_model.clikit import console
     from services.user_server.seed import seed_world
 
-    r = require_redis(settings.redis_url, **redis_options(settings))
+    r = require_redis(settings)
     version = publish_if_missing(settings, model, index, world)
     if world is not None and not r.exists(keys.ADS):
         res = seed_world(r, world, settings)

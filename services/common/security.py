@@ -1,5 +1,5 @@
-"""Security plumbing shared by the servers: API keys (constant-time), Redis AUTH/TLS
-options, gRPC TLS credentials and message-size limits.
+"""Security plumbing shared by the servers: API keys (constant-time), gRPC TLS credentials
+and message-size limits (Redis AUTH/TLS options: ``services.common.redis_client``).
 
 API keys are checked against every configured key with :func:`hmac.compare_digest` (no
 early exit, so timing says nothing about which key or how much of it matched). A rejected
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -44,18 +43,6 @@ def presented_key(header: str | None, authorization: str | None) -> str | None:
     if authorization and authorization[:7].lower() == "bearer ":
         return authorization[7:].strip()
     return None
-
-
-# -- Redis ------------------------------------------------------------------------------------
-def redis_options(settings: Settings) -> dict[str, Any]:
-    """Extra ``redis.Redis.from_url`` arguments: AUTH password and, for ``rediss://`` URLs,
-    the CA file. A password in the URL works too; this one wins when both are set."""
-    opts: dict[str, Any] = {}
-    if settings.redis_password is not None:
-        opts["password"] = settings.redis_password.get_secret_value()
-    if settings.redis_url.startswith("rediss://") and settings.redis_tls_ca:
-        opts["ssl_ca_certs"] = settings.redis_tls_ca
-    return opts
 
 
 # -- gRPC -------------------------------------------------------------------------------------

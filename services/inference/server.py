@@ -43,7 +43,7 @@ from pytriton.model_config import DynamicBatcher, ModelConfig
 from pytriton.triton import Triton, TritonConfig
 
 from services.common.contracts import CATALOG_STREAM, INSTANCES_KEY, TRITON_MODEL, CatalogEvent
-from services.common.security import redis_options
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.inference.bundle import Bundle, Result
 from services.inference.registry import current_version, version_dir
@@ -73,8 +73,7 @@ class InferenceService:
         self.settings, self.registry = settings, Path(registry)
         self.ports = (grpc_port, http_port, metrics_port)
         self.url = f"grpc://{settings.inference_advertise_host}:{grpc_port}"
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_options(settings),
-                                          socket_timeout=5, socket_connect_timeout=5)
+        self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         self._bundle: Bundle | None = None
         self._refused: dict[str, str] = {}
         self._last_id = "0"

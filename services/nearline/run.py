@@ -10,9 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
-from services.common.security import redis_options
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.common.versions import current_version_dir, version_index_dir
 from services.nearline.balancer import RetrievalClient
@@ -32,7 +30,7 @@ def triton_client(settings: Settings) -> Callable[[str], RetrievalClient]:
 
 
 def catalog_loop(settings: Settings, name: str, stop: threading.Event) -> None:
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_options(settings))
+    r = redis_client(settings)
     applier = CatalogApplier(r, name, Path(settings.live_index_dir),
                              lambda: version_index_dir(settings),
                              cache_path=Path(settings.live_index_dir).parent / "live_embeddings.npz")

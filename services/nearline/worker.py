@@ -30,7 +30,7 @@ import redis
 from services.common import keys
 from services.common.events import TIERS, BehaviorEvent, dead_letter_fields, parse_fields
 from services.common.metrics import AGE_BUCKETS, Metrics
-from services.common.security import redis_options
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.common.userstate import UserSnapshot, read_snapshot
 from services.nearline.balancer import InstanceBalancer, RetrievalClient
@@ -67,7 +67,7 @@ class NearlineWorker:
     def __init__(self, settings: Settings, client_factory: Callable[[str], RetrievalClient],
                  resolve_version: VersionResolver) -> None:
         s = self.s = settings
-        self.r = redis.Redis.from_url(s.redis_url, decode_responses=True, **redis_options(s))
+        self.r = redis_client(s)
         self.name = s.worker_name or socket.gethostname()
         self.m = WorkerMetrics()
         self.scheduler = TierScheduler(coalesce_s=s.worker_coalesce_ms / 1000,

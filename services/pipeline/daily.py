@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from leadre_model.data.records import Ad, Behavior, ContentItem, User
 from leadre_model.data.store import WorldWriter
 from services.common import keys
+from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.common.userstate import parse_member
 from services.common.versions import current_version_dir
@@ -144,7 +145,7 @@ def run_daily(settings: Settings, workdir: Path | None = None, publish: bool = T
     t = report.timings
 
     t0 = time.perf_counter()
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis_client(settings)
     report.exported = export_world(r, work / "world")
     t["export_s"] = time.perf_counter() - t0
 

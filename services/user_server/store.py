@@ -11,8 +11,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from leadre_model.data.records import (
     POSITIVE_ACTIONS,
     Ad,
@@ -25,7 +23,7 @@ from leadre_model.data.records import (
 from services.common import keys
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
 from services.common.listcodec import StoredList, decode_list
-from services.common.security import redis_options
+from services.common.redis_client import async_redis_client
 from services.common.settings import Settings
 from services.common.userstate import (
     RECORD_LUA,
@@ -73,10 +71,8 @@ def fallback_score(ad: Ad, clicks: int) -> float:
 class UserStore:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.r = aioredis.from_url(settings.redis_url, decode_responses=True,
-                                    **redis_options(settings))
-        self.rb = aioredis.from_url(settings.redis_url, decode_responses=False,
-                                     **redis_options(settings))  # list blobs
+        self.r = async_redis_client(settings)
+        self.rb = async_redis_client(settings, decode_responses=False)  # list blobs
         self._record = self.r.register_script(RECORD_LUA)
         self.cache = HotCache(settings.hot_cache_ttl_s, settings.hot_cache_max_items)
         self._bounds: tuple[float, list[float]] = (0.0, [])
