@@ -73,7 +73,8 @@ _CPU_90M = _CPU.model_copy(update={
     "llm": _CPU_LLM.model_copy(update={"hidden_size": 128, "intermediate_size": 384,
                                        "num_layers": 4}),
     "seq": _SEQ.model_copy(update={"epochs": 40, "lr": 2e-3, "min_lr": 1e-4, "batch_size": 32,
-                                   "weight_decay": 0.05, "logging_steps": 200}),
+                                   "weight_decay": 0.05, "logging_steps": 200,
+                                   "group_by_length": True}),
     "validation": ValidationConfig(users=1000, every_epochs=2, patience=4,
                                    time_budget_s=85 * 60),
 })

@@ -41,6 +41,9 @@ class SFTStageConfig(_Config):
     max_length: int = Field(default=2560, ge=16)
     seed: int = 0
     logging_steps: int = Field(default=10, ge=1)
+    group_by_length: bool = Field(default=False, description="batch rows of similar length "
+                                  "together: far less padding when a few users have long "
+                                  "histories (real catalogs)")
 
 
 SFT_PRESETS: dict[str, SFTStageConfig] = {
@@ -166,6 +169,7 @@ def train_stage(
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         optim="adamw_torch",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         completion_only_loss=not lm,
         trainer_kwargs={"callbacks": list(callbacks)} if callbacks else None,
     )
