@@ -6,6 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY leadre_model leadre_model
 COPY services services
+COPY leadre leadre
 # The CPU wheel of torch 2.13.0; PyPI's default would pull a multi-GB CUDA build.
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
     && pip install --no-cache-dir .

@@ -63,7 +63,7 @@ serving-bench: venv redis
 	$(VENV)/bin/python bench/balance_bench.py
 
 lint: venv
-	$(VENV)/bin/ruff check leadre_model services tests bench loadtest
+	$(VENV)/bin/ruff check leadre leadre_model services tests bench loadtest
 
 clean:
 	rm -rf runs .leadre_cache .pytest_cache

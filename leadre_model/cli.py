@@ -1,4 +1,5 @@
-"""`leadre` command line: data, index and demo sub-commands.
+"""The offline package's sub-commands: `leadre data …`, `leadre index …`, `leadre train`
+and `leadre eval` (the `leadre` command itself is assembled in ``leadre/cli.py``).
 
 Every command turns expected failures (bad input files, missing paths, invalid options)
 into one clear message and a non-zero exit, never a traceback.
@@ -9,38 +10,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
-from leadre_model.clikit import console, friendly
+from leadre_model.clikit import console, friendly, print_counts
 from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, TextConfig, preset_for
-from leadre_model.experiments.cli import experiment_app
-from services.cli import pipeline_app, serve_app
 
-app = typer.Typer(help="LEADRE: LLM-based generative ad retrieval.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+if TYPE_CHECKING:
+    from leadre_model.index.sid_index import SidIndex
+
 data_app = typer.Typer(help="Build or import a world (ads, content, users, behaviours).",
                        no_args_is_help=True)
 index_app = typer.Typer(help="The ad index: semantic IDs and trie.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(index_app, name="index")
-app.add_typer(serve_app, name="serve")
-app.add_typer(pipeline_app, name="pipeline")
-app.add_typer(experiment_app, name="experiment")
-
-def _print_counts(title: str, manifest: dict[str, Any]) -> None:
-    counts = manifest.get("counts", manifest)
-    console.print(title, highlight=False, soft_wrap=True)  # a table title would wrap paths
-    table = Table()
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    for k, v in counts.items():
-        if isinstance(v, int):
-            table.add_row(k, f"{v:,}")
-    console.print(table)
 
 
 @data_app.command("synth")
@@ -59,7 +43,7 @@ def data_synth(
     cfg = SynthConfig(seed=seed, n_users=users, n_ads=ads, n_content=content)
     t0 = time.perf_counter()
     manifest = generate_world(out, cfg, progress=progress)
-    _print_counts(f"synthetic world → {out} ({time.perf_counter() - t0:.1f}s)", manifest)
+    print_counts(f"synthetic world → {out} ({time.perf_counter() - t0:.1f}s)", manifest)
 
 
 @data_app.command("import")
@@ -73,7 +57,7 @@ def data_import(
     """Import your own data in the documented CSV format; bad rows are reported as file:line."""
     from leadre_model.data.importer import import_world
 
-    _print_counts(f"imported world → {out}", import_world(items, interactions, users, out))
+    print_counts(f"imported world → {out}", import_world(items, interactions, users, out))
 
 
 @data_app.command("taobao")
@@ -85,7 +69,7 @@ def data_taobao(
     """Load the Taobao display-ad sample (ads, advertisers, profiles, content behaviour)."""
     from leadre_model.data.taobao import load_taobao
 
-    _print_counts(f"taobao world → {out}", load_taobao(src, out))
+    print_counts(f"taobao world → {out}", load_taobao(src, out))
 
 
 @data_app.command("amazon")
@@ -97,7 +81,7 @@ def data_amazon(
     """Load Amazon Toys (items with short text, time-ordered sequences)."""
     from leadre_model.data.amazon import load_amazon
 
-    _print_counts(f"amazon world → {out}", load_amazon(src, out))
+    print_counts(f"amazon world → {out}", load_amazon(src, out))
 
 
 def _index_config(
@@ -144,7 +128,11 @@ def index_build(
                         template, seed)
     t0 = time.perf_counter()
     index = build_index(ads, out, cfg, cache_path=cache, progress=progress)
-    console.print(f"indexed {len(index):,} ads → {out} in {time.perf_counter() - t0:.1f}s "
+    print_index_built(index, out, time.perf_counter() - t0)
+
+
+def print_index_built(index: SidIndex, out: Path, seconds: float) -> None:
+    console.print(f"indexed {len(index):,} ads → {out} in {seconds:.1f}s "
                   f"(embedded {index.stats['embedded']:,}, from cache {index.stats['cached']:,})")
 
 
@@ -180,14 +168,16 @@ def index_report(
 
     read_meta(index)  # fail on a wrong --index before reading the world
     out = out or index / "report"
-    figures = build_report(index, load_ads(world), out)
+    print_index_report(out, build_report(index, load_ads(world), out))
+
+
+def print_index_report(out: Path, figures: dict[str, Any]) -> None:
     console.print(Markdown((out / "report.md").read_text().split("## Training")[0]))
     console.print(f"report: {out / 'report.md'}")
     console.print_json(json.dumps({k: figures[k] for k in ("collision_rate_before_code",
                                                            "sid_unique_fraction")}))
 
 
-@app.command("train")
 @friendly
 def train(
     world: Path = typer.Option(..., help="world directory"),
@@ -228,13 +218,15 @@ def train(
     if not dpo:
         update["dpo"] = None
     cfg = type(cfg).model_validate({**cfg.model_dump(), **update})
-    summary = train_leadre(world, index, out, cfg, progress=progress)
+    print_trained(train_leadre(world, index, out, cfg, progress=progress), out)
+
+
+def print_trained(summary: dict[str, Any], out: Path) -> None:
     t = summary["timings"]
     console.print(f"model → {out}  samples {summary['samples']}  DPO pairs {summary['dpo_pairs']}  "
                   + "  ".join(f"{k} {v:.0f}" for k, v in t.items()))
 
 
-@app.command("eval")
 @friendly
 def eval_cmd(
     world: Path = typer.Option(..., help="world directory (split leave-one-out per user)"),
@@ -306,115 +298,3 @@ def _print_results(results: dict[str, Any], world: Path) -> None:
                           f"{' (from cache)' if info.get('from_cache') else ''}; lr {c['lr']}, "
                           f"hidden {c['hidden']}, patience {c['patience']}, cap "
                           f"{c['time_budget_s']}", highlight=False)
-
-
-@app.command("demo")
-@friendly
-def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), help="where the demo writes its files"),
-    users: int = typer.Option(500, min=1),
-    ads: int = typer.Option(2000, min=2),
-    seed: int = typer.Option(0),
-) -> None:
-    """End to end on the embedded default: synthetic world → index → report → training →
-    retrievals for a few users → the live system (services) answering through the Mixer."""
-    console.rule("[bold]1/5 synthetic world")
-    data_synth(out=workdir / "world", users=users, ads=ads, content=max(ads, 1000), seed=seed,
-               progress=True)
-    console.rule("[bold]2/5 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
-    index_build(world=workdir / "world", out=workdir / "index", preset="auto", levels=None,
-                codebook_size=None, code_dim=None, epochs=None, encoder=None, template=None,
-                cache=workdir / "embeddings.npz", seed=seed, progress=True)
-    console.rule("[bold]3/5 index report")
-    index_report(index=workdir / "index", world=workdir / "world", out=None)
-    _show_examples(workdir)
-    console.rule("[bold]4/5 LLM alignment: LM on the corpus, curriculum SFT (EX → IM → Main), DPO")
-    train(world=workdir / "world", index=workdir / "index", out=workdir / "model", preset="demo",
-          curriculum=None, base=None, lora_r=None, dpo=True, progress=True)
-    _show_retrievals(workdir)
-    _show_quality(workdir)
-    console.rule("[bold]5/5 live system: inference × 2, nearline worker, user server, mixer")
-    from services.demo_live import run_live_demo
-
-    run_live_demo(workdir, console)
-
-
-def _show_retrievals(workdir: Path, n_users: int = 3, k: int = 5) -> None:
-    from leadre_model.data.store import load_ads
-    from leadre_model.index.sid_index import load_index
-    from leadre_model.llm.decode import constrained_beam_search
-    from leadre_model.llm.model import load_model
-    from leadre_model.llm.tokenizer import level_token_ids
-    from leadre_model.prompts.tasks import build_samples
-    from leadre_model.train.pipeline import TRAIN_PRESETS
-
-    index = load_index(workdir / "index")
-    model, tok, _ = load_model(workdir / "model", expected_index_digest=index.digest())
-    ads = {a.ad_id: a for a in load_ads(workdir / "world")}
-    samples = build_samples(workdir / "world", index, TRAIN_PRESETS["demo"].prompts, ["main"],
-                            "test")[:n_users]
-    hits = constrained_beam_search(model, tok, [s["prompt"] for s in samples], index.build_trie(),
-                                   level_token_ids(tok, index.level_sizes), beam_width=20, top_k=k)
-    for sample, user_hits in zip(samples, hits, strict=True):
-        console.rule(f"user {sample['user_id']}")
-        console.print(sample["prompt"], highlight=False, markup=False)
-        truth = ads[sample["target_ad"]]
-        table = Table(title=f"top {k} decoded ads (held-out next ad: {truth.ad_id} {truth.name})")
-        for col in ("#", "ad", "name", "category", "eCPM", "log-prob"):
-            table.add_column(col)
-        for rank, hit in enumerate(user_hits, 1):
-            ad = ads[index.ad_ids[hit.row]]
-            mark = " ✓" if ad.ad_id == truth.ad_id else ""
-            table.add_row(str(rank), ad.ad_id + mark, ad.name, ad.category_l2, f"{ad.ecpm:.2f}",
-                          f"{hit.logprob:.2f}")
-        console.print(table)
-
-
-def _show_quality(workdir: Path, n_users: int = 50) -> None:
-    """The demo model against the baselines on its own split, and how much its lists
-    depend on the user (distinct first ads over ``n_users`` test users)."""
-    from leadre_model.eval.harness import EvalConfig, baseline_retrievers, evaluate
-    from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
-
-    world = workdir / "world"
-    leadre = LeadreRetriever("leadre", workdir / "model", workdir / "index", world,
-                             LeadreEvalConfig(progress=False))
-    retrievers = [*baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
-                                       progress=False), leadre]
-    cfg = EvalConfig(progress=False, dice_drops=())
-    res = evaluate(world, retrievers, cfg)
-    table = Table(title=f"leave-one-out test, {res['data']['test']} users (full ranking over "
-                        f"{res['data']['active_ads']} active ads)")
-    for col in ("retriever", "HR@1", "HR@8 ± se", "NDCG@8", "invalid"):
-        table.add_column(col, justify="right")
-    for name, f in res["retrievers"].items():
-        table.add_row(name, f"{f['hr@1']:.3f}", f"{f['hr@8']:.3f} ± {f['hr@8_se']:.3f}",
-                      f"{f['ndcg@8']:.3f}", f"{f['invalid_rate']:.3f}")
-    console.print(table)
-    from leadre_model.eval.harness import build_eval_data
-
-    cases = build_eval_data(world, cfg).test_cases[:n_users]
-    first = {row[0] for row in leadre.recommend(cases, 1) if row}
-    console.print(f"distinct first ads over {len(cases)} users: {len(first)}")
-
-
-def _show_examples(workdir: Path, n: int = 5) -> None:
-    from leadre_model.data.store import load_ads
-    from leadre_model.index.sid_index import load_index, load_trie
-
-    index = load_index(workdir / "index")
-    trie = load_trie(workdir / "index")
-    ads = {a.ad_id: a for a in load_ads(workdir / "world")}
-    table = Table(title="a few ads and their semantic IDs (looked up back through the trie)")
-    for col in ("ad", "name", "category", "S-ID", "trie → ad"):
-        table.add_column(col)
-    for row in range(min(n, len(index))):
-        ad = ads[index.ad_ids[row]]
-        back = int(trie.lookup(index.codes[row : row + 1])[0])
-        table.add_row(ad.ad_id, ad.name, f"{ad.category_l1} / {ad.category_l2}", index.sid(row),
-                      index.ad_ids[back] if back >= 0 else f"(paused: {ad.status.value})")
-    console.print(table)
-
-
-if __name__ == "__main__":
-    app()

@@ -1,5 +1,5 @@
-"""Shared by every `leadre` command: the consoles and the error policy (one clear message,
-exit 1, never a traceback)."""
+"""Shared by every `leadre` command: the consoles, the error policy (one clear message,
+exit 1, never a traceback) and small report printers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from leadre_model.data.errors import DataValidationError
 
@@ -37,3 +38,16 @@ def friendly(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_counts(title: str, manifest: dict[str, Any]) -> None:
+    """A world's row counts (``manifest["counts"]``, or the mapping itself) as a table."""
+    counts = manifest.get("counts", manifest)
+    console.print(title, highlight=False, soft_wrap=True)  # a table title would wrap paths
+    table = Table()
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for k, v in counts.items():
+        if isinstance(v, int):
+            table.add_row(k, f"{v:,}")
+    console.print(table)

@@ -27,7 +27,7 @@ from services.common.contracts import INSTANCES_KEY
 from services.common.redis_client import redis_client
 from services.common.settings import Settings
 
-CLI = [sys.executable, "-m", "leadre_model.cli"]
+CLI = [sys.executable, "-m", "leadre"]
 STOP_ORDER = ("mixer", "user-server", "worker", "inference")
 
 

@@ -66,7 +66,7 @@ def _run_children(settings: Settings, registry: Path, instances: int, base_port:
     if settings.inference_threads is None:  # share the cores instead of oversubscribing them
         env["LEADRE_INFERENCE_THREADS"] = str(max(1, (os.cpu_count() or 1) // instances))
     children = [subprocess.Popen(
-        [sys.executable, "-m", "leadre_model.cli", "serve", "inference", "--registry", str(registry),
+        [sys.executable, "-m", "leadre", "serve", "inference", "--registry", str(registry),
          "--instances", "1", "--base-port", str(instance_ports(base_port, i)[0]), "--child"],
         env=env, start_new_session=True) for i in range(instances)]
     try:

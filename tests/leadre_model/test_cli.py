@@ -14,7 +14,7 @@ from leadre_model.index.sid_index import load_index, load_trie
 
 def leadre(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "leadre_model.cli", *args],
+        [sys.executable, "-m", "leadre", *args],
         capture_output=True, text=True, cwd=cwd, timeout=600, check=False,
     )
 

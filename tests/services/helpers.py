@@ -101,7 +101,7 @@ class ServeProc:
         with open(self.log, "ab") as out:
             out.write(f"--- start {self.starts + 1}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "leadre_model.cli", "serve",
+            self.proc = subprocess.Popen([sys.executable, "-m", "leadre", "serve",
                                           *self.args], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         self.starts += 1

@@ -255,7 +255,7 @@ def _cli(args: list[str], db: int, log_dir: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "LEADRE_REDIS_URL": f"{REDIS}/{db}", "LEADRE_LOG_JSON": "false",
            "LEADRE_INFERENCE_LOG_DIR": str(log_dir),
            "LEADRE_INFERENCE_HEARTBEAT_S": "0.5", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "leadre_model.cli", "serve", "inference", *args],
+    return subprocess.Popen([sys.executable, "-m", "leadre", "serve", "inference", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
