@@ -18,6 +18,7 @@ from rich.table import Table
 
 from leadre_model.clikit import console, friendly, print_counts
 from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, TextConfig, preset_for
+from leadre_model.errors import UsageError
 
 if TYPE_CHECKING:
     from leadre_model.index.sid_index import SidIndex
@@ -90,7 +91,7 @@ def _index_config(
 ) -> IndexConfig:
     name = preset_for(n_ads) if preset == "auto" else preset
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose auto or one of {sorted(PRESETS)}")
+        raise UsageError(f"unknown preset {preset!r}; choose auto or one of {sorted(PRESETS)}")
     overrides = {k: v for k, v in {"levels": levels, "codebook_size": codebook_size,
                                    "code_dim": code_dim, "epochs": epochs}.items() if v is not None}
     rq = PRESETS[name].model_copy(update={**overrides, "seed": seed})
@@ -201,13 +202,13 @@ def train(
     from leadre_model.train.sft import strip_lm
 
     if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+        raise UsageError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
     cfg = TRAIN_PRESETS[preset]
     update: dict[str, Any] = {}
     if curriculum:
         update["curriculum"] = curriculum
     if lora_r is not None and not base:
-        raise ValueError("--lora-r needs --base (LoRA adapts a pretrained checkpoint)")
+        raise UsageError("--lora-r needs --base (LoRA adapts a pretrained checkpoint)")
     if base:
         from leadre_model.llm.model import LoraSettings
 
@@ -256,9 +257,9 @@ def eval_cmd(
     from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 
     if model and index is None:
-        raise ValueError("--model needs --index (the index the model was trained on)")
+        raise UsageError("--model needs --index (the index the model was trained on)")
     if exclude_seen not in ("off", "on", "both"):
-        raise ValueError(f"--exclude-seen must be off, on or both, not {exclude_seen!r}")
+        raise UsageError(f"--exclude-seen must be off, on or both, not {exclude_seen!r}")
     cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)

@@ -1,5 +1,9 @@
-"""Shared by every `leadre` command: the consoles, the error policy (one clear message,
-exit 1, never a traceback) and small report printers."""
+"""Shared by every `leadre` command: the consoles, the error policy and small report
+printers.
+
+Error policy: an error the user can act on (``LeadreError``, bad rows, an invalid option
+value caught by pydantic, a missing file) is one clear message and exit 1; anything else is
+a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leadre_model.data.errors import DataValidationError
+from leadre_model.errors import LeadreError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly(fn: F) -> F:
-    """Report expected errors as one message (file:line where known) and exit 1."""
+    """Report user-facing errors as one message (file:line where known) and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,7 +38,7 @@ def friendly(fn: F) -> F:
                 err_console.print(f"... and {exc.total - len(exc.errors)} more bad row(s)")
             err_console.print("nothing was written")
             raise typer.Exit(1) from None
-        except (FileNotFoundError, ValueError, KeyError, ValidationError) as exc:
+        except (LeadreError, ValidationError, FileNotFoundError) as exc:
             err_console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 

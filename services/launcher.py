@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from leadre_model.errors import LeadreError, UsageError
 from services.common import keys
 from services.common.contracts import INSTANCES_KEY
 from services.common.redis_client import redis_client
@@ -31,9 +32,9 @@ CLI = [sys.executable, "-m", "leadre"]
 STOP_ORDER = ("mixer", "user-server", "worker", "inference")
 
 
-class StackError(ValueError):
-    """A process did not come up or died; the message names its log file. (A ValueError,
-    so the CLI's error policy prints it as one line.)"""
+class StackError(LeadreError, ValueError):
+    """A process did not come up or died; the message names its log file (the CLI prints
+    it as one line)."""
 
 
 def require_redis(settings: Settings) -> redis.Redis:
@@ -188,7 +189,7 @@ def publish_if_missing(settings: Settings, model: Path | None, index: Path | Non
     if current is not None:
         return current
     if model is None or index is None:
-        raise ValueError(f"{settings.registry_dir} has no current version: pass --model and "
+        raise UsageError(f"{settings.registry_dir} has no current version: pass --model and "
                          "--index (a trained model and the index it was trained on)")
     return publish_version(settings.registry_dir, model, index, world=world)
 

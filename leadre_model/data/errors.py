@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from leadre_model.errors import LeadreError
+
 
 @dataclass(frozen=True)
 class RowError:
@@ -19,7 +21,7 @@ class RowError:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-class DataValidationError(Exception):
+class DataValidationError(LeadreError):
     """Raised after a whole file was checked; carries every bad row (up to a cap)."""
 
     def __init__(self, errors: list[RowError], total: int | None = None) -> None:

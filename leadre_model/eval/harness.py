@@ -42,6 +42,7 @@ from tqdm import tqdm
 from leadre_model.data.records import AdStatus, Behavior, User
 from leadre_model.data.split import iter_user_histories, leave_one_out, target_indices
 from leadre_model.data.store import load_ads
+from leadre_model.errors import UsageError
 from leadre_model.eval import metrics as M
 from leadre_model.eval.baselines import (
     ItemCF,
@@ -226,7 +227,7 @@ def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasr
     }
     unknown = set(names) - set(makers)
     if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; expected among {BASELINES}")
+        raise UsageError(f"unknown baselines {sorted(unknown)}; expected among {BASELINES}")
     return [ItemIdRetriever(n, makers[n], exclude_seen, cache_dir, settings.get(n))
             for n in names]
 

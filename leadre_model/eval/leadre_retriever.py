@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from leadre_model.data.store import iter_records, load_ads
+from leadre_model.errors import BadInputError
 from leadre_model.eval.harness import EvalCase
 from leadre_model.index.sid_index import SidIndex, load_index
 from leadre_model.index.trie import SidTrie
@@ -55,7 +56,7 @@ class LeadreRetriever:
         n = len(trained)
         if index is not None and (index.ad_ids[:n] != trained.ad_ids
                                   or not (index.codes[:n] == trained.codes).all()):
-            raise ValueError(f"the given index does not extend {index_dir}")
+            raise BadInputError(f"the given index does not extend {index_dir}")
         self.model, self.tokenizer, self.manifest = load_model(
             model_dir, expected_index_digest=trained.digest())
         ads = {a.ad_id: a for a in load_ads(world)}

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.synth import SynthConfig, generate_world
+from leadre_model.errors import UsageError
 from leadre_model.eval.harness import (
     EvalConfig,
     Retriever,
@@ -120,7 +121,7 @@ def run_ablations(cfg: AblationConfig, out: Path,
     selected studies, write ``out/report.md`` with tables and plots; returns the results."""
     unknown = set(cfg.studies) - set(STUDIES)
     if unknown:
-        raise ValueError(f"unknown studies {sorted(unknown)}; choose among {STUDIES}")
+        raise UsageError(f"unknown studies {sorted(unknown)}; choose among {STUDIES}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     timings: dict[str, float] = {}

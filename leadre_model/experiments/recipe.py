@@ -18,6 +18,7 @@ from typing import Any
 
 from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.synth import SynthConfig, generate_world
+from leadre_model.errors import UsageError
 from leadre_model.eval.harness import (
     EvalConfig,
     baseline_retrievers,
@@ -65,7 +66,8 @@ def run_recipe(out: Path, world_cfg: SynthConfig, variants: list[str],
                log: Callable[[str], None] = print) -> dict[str, Any]:
     unknown = set(variants) - set(RECIPE_VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose among {list(RECIPE_VARIANTS)}")
+        raise UsageError(f"unknown variants {sorted(unknown)}; "
+                         f"choose among {list(RECIPE_VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
     world, index_dir = out / "world", out / "index"
     if not (world / "world.json").exists():

@@ -12,6 +12,7 @@ import numpy as np
 
 from leadre_model.config import IndexConfig
 from leadre_model.data.records import Ad, AdStatus
+from leadre_model.errors import BadInputError
 from leadre_model.index.embed import TextEmbedder
 from leadre_model.index.rqvae import RQVAE, train_rqvae
 from leadre_model.index.sid_index import (
@@ -61,7 +62,7 @@ def build_index(
     progress: bool = True,
 ) -> SidIndex:
     if len(ads) < 2:
-        raise ValueError("the catalog needs at least 2 ads to build an index")
+        raise BadInputError("the catalog needs at least 2 ads to build an index")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     embedder = TextEmbedder(cfg.embed, cache_path)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from leadre_model.data.records import Ad
+from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import load_embeddings, load_index, read_meta
 
 PAPER_TABLE5 = [  # (levels, codebook size, collision rate, max collision, usage)
@@ -94,7 +95,8 @@ def build_report(index_dir: Path, ads: Sequence[Ad], out: Path | None = None) ->
     by_id = {a.ad_id: a for a in ads}
     missing = [a for a in index.ad_ids if a not in by_id]
     if missing:
-        raise ValueError(f"{len(missing)} indexed ad(s) are not in the catalog, e.g. {missing[:3]}")
+        raise BadInputError(f"{len(missing)} indexed ad(s) are not in the catalog, "
+                            f"e.g. {missing[:3]}")
     emb = load_embeddings(index_dir)
     rq = index.config.rqvae
     stats = index.stats

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from leadre_model.config import IndexConfig
 from leadre_model.data.store import atomic_dir
+from leadre_model.errors import BadInputError
 from leadre_model.index.rqvae import RQVAE
 from leadre_model.index.sids import sid_tokens
 from leadre_model.index.trie import SidTrie
@@ -115,7 +116,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{meta_path}: not an index directory (run `leadre index build`)")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: index format {meta.get('format_version')} != {FORMAT_VERSION}")
+        raise BadInputError(f"{meta_path}: index format {meta.get('format_version')} "
+                            f"!= {FORMAT_VERSION}")
     return meta
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from leadre_model.errors import BadInputError
+
 FORMAT = "leadre-sid-trie"
 FORMAT_VERSION = 1
 # A level gets a dense mask when it has fewer cells than this and is >= 1/4 full.
@@ -285,20 +287,20 @@ class SidTrie:
         """Read a trie written by :meth:`save`; ValueError for another format or a corrupt file."""
         with np.load(path, allow_pickle=False) as z:
             if "format" not in z.files or str(z["format"]) != FORMAT:
-                raise ValueError(f"{path}: not a SidTrie file")
+                raise BadInputError(f"{path}: not a SidTrie file")
             if int(z["format_version"]) != FORMAT_VERSION:
-                raise ValueError(f"{path}: trie format {int(z['format_version'])}, "
-                                 f"this code reads {FORMAT_VERSION}")
+                raise BadInputError(f"{path}: trie format {int(z['format_version'])}, "
+                                    f"this code reads {FORMAT_VERSION}")
             try:
                 sizes = [int(k) for k in z["level_sizes"]]
                 keys = [z[f"key_{lv}"] for lv in range(len(sizes))]
                 leaf_row, leaf_active = z["leaf_row"], z["leaf_active"]
                 dense = int(z["dense_max_cells"])
             except KeyError as e:
-                raise ValueError(f"{path}: corrupt trie: {e}") from None
+                raise BadInputError(f"{path}: corrupt trie: {e}") from None
         problem = _check_arrays(sizes, keys, leaf_row, leaf_active)
         if problem:
-            raise ValueError(f"{path}: corrupt trie: {problem}")
+            raise BadInputError(f"{path}: corrupt trie: {problem}")
         return cls(sizes, keys, leaf_row, leaf_active, dense)
 
     def nbytes(self) -> int:

@@ -33,6 +33,7 @@ from transformers import (
 
 from leadre_model.config import _Config
 from leadre_model.data.store import atomic_dir
+from leadre_model.errors import BadInputError, UsageError
 from leadre_model.index.sids import LEVEL_PREFIXES
 from leadre_model.llm.tokenizer import _SID, SOFT_TOKEN, extend_tokenizer, tokenizer_hash
 
@@ -145,7 +146,7 @@ def with_lora(model: PreTrainedModel, cfg: LoraSettings, token_ids: Sequence[int
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in cfg.target_modules if t in present]
     if not targets:
-        raise ValueError(f"LoRA: none of {cfg.target_modules} is a module of this model")
+        raise UsageError(f"LoRA: none of {cfg.target_modules} is a module of this model")
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=targets, task_type="CAUSAL_LM",
                           trainable_token_indices=list(token_ids) or None)
@@ -231,8 +232,9 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: not a LEADRE model directory (no manifest)")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
-                         f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
+        raise BadInputError(f"{path}: format {manifest.get('format')!r} "
+                            f"v{manifest.get('format_version')}, "
+                            f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
     return manifest
 
 
@@ -243,21 +245,23 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Load (model in eval mode, tokenizer, manifest) saved by :func:`save_model`.
 
-    ValueError when ``expected_index_digest`` (``SidIndex.digest()`` of the index about to
-    be served) differs from the one the model was trained on — its S-ID tokens would mean
-    other ads — or when the tokenizer on disk is not the one the manifest names.
+    BadInputError (a ValueError) when ``expected_index_digest`` (``SidIndex.digest()`` of
+    the index about to be served) differs from the one the model was trained on — its S-ID
+    tokens would mean other ads — or when the tokenizer on disk is not the one the manifest
+    names.
     The generation_config is reset (see :func:`neutral_generation_config`).
     """
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     if expected_index_digest is not None and manifest["index_digest"] != expected_index_digest:
-        raise ValueError(
+        raise BadInputError(
             f"{model_dir}: model {manifest['model_version']} was trained on S-ID index "
             f"{manifest['index_digest'][:16]}…, not on the given index {expected_index_digest[:16]}…; "
             "its S-ID tokens would name other ads. Serve it with its own index or retrain.")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer_hash(tokenizer) != manifest["tokenizer_sha256"]:
-        raise ValueError(f"{model_dir}: tokenizer files do not match the manifest's tokenizer_sha256")
+        raise BadInputError(f"{model_dir}: tokenizer files do not match the manifest's "
+                            "tokenizer_sha256")
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     model.name_or_path = manifest["base"]

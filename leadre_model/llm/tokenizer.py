@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from leadre_model.config import _Config
+from leadre_model.errors import BadInputError
 from leadre_model.index.sids import level_token, sid_vocabulary
 
 PAD_TOKEN = "<|pad|>"
@@ -114,8 +115,8 @@ def level_token_ids(tokenizer: PreTrainedTokenizerBase, level_sizes: Sequence[in
         missing += [n for n in names if n not in vocab]
         out.append(np.array([vocab.get(n, -1) for n in names], dtype=np.int64))
     if missing:
-        raise ValueError(f"tokenizer lacks {len(missing)} S-ID tokens, e.g. {missing[:3]} "
-                         f"(it was built for other level sizes than {list(level_sizes)})")
+        raise BadInputError(f"tokenizer lacks {len(missing)} S-ID tokens, e.g. {missing[:3]} "
+                            f"(it was built for other level sizes than {list(level_sizes)})")
     return out
 
 

@@ -20,6 +20,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.config import _Config
+from leadre_model.errors import BadInputError
 from leadre_model.train.sft import run_trainer
 
 
@@ -80,7 +81,7 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
-        raise ValueError("no preference pairs: every candidate pair had near-equal eCPM")
+        raise BadInputError("no preference pairs: every candidate pair had near-equal eCPM")
     ref_model = copy.deepcopy(model).eval()
     for p in ref_model.parameters():
         p.requires_grad_(False)

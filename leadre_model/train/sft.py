@@ -24,6 +24,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.config import _Config
+from leadre_model.errors import BadInputError, UsageError
 
 TASKS = ("ex", "im", "main", "adv", "lm", "seq")
 
@@ -75,11 +76,11 @@ def parse_curriculum(spec: str) -> list[list[str]]:
     stages = [[t for t in stage.split("+") if t] for stage in spec.split(">")]
     unknown = {t for stage in stages for t in stage} - set(TASKS)
     if unknown or not all(stages):
-        raise ValueError(f"bad curriculum {spec!r}: stages are '+'-joined tasks from {TASKS}, "
+        raise UsageError(f"bad curriculum {spec!r}: stages are '+'-joined tasks from {TASKS}, "
                          "separated by '>'")
     for own in ("lm", "seq"):
         if any(own in st and len(st) > 1 for st in stages):
-            raise ValueError(f"bad curriculum {spec!r}: '{own}' (pre-built loss masks) is a "
+            raise UsageError(f"bad curriculum {spec!r}: '{own}' (pre-built loss masks) is a "
                              f"stage of its own, e.g. 'ex>{own}'")
     return stages
 
@@ -149,7 +150,7 @@ def train_stage(
     from trl import SFTConfig, SFTTrainer
 
     if not samples:
-        raise ValueError("no training samples for this stage")
+        raise BadInputError("no training samples for this stage")
     kinds = {s.get("task") for s in samples}
     own = kinds & {"lm", "seq"}
     if own and len(kinds) > 1:
@@ -212,7 +213,8 @@ def run_curriculum(
     for i, stage in enumerate(stages):
         missing = [t for t in stage if not samples_by_task.get(t)]
         if missing:
-            raise ValueError(f"curriculum {curriculum!r} stage {i + 1} needs samples for {missing}")
+            raise BadInputError(f"curriculum {curriculum!r} stage {i + 1} needs samples for "
+                                f"{missing}")
         samples = [s for t in stage for s in samples_by_task[t]]
         random.Random(cfg.seed + i).shuffle(samples)
         stage_cfg = {"lm": lm_cfg, "seq": seq_cfg}.get(stage[0]) if len(stage) == 1 else None

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from leadre_model.data.records import ID_PATTERN, Ad, Behavior, User
-from services.common.grpcio import BadRequest, validation_message
+from services.common.errors import BadRequest
+from services.common.grpcio import validation_message
 from services.common.pb import leadre_pb2 as pb
 
 _ID = re.compile(ID_PATTERN)

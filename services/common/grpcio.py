@@ -1,5 +1,6 @@
 """gRPC plumbing shared by the servers: validation → INVALID_ARGUMENT, unexpected errors →
-INTERNAL without a traceback, standard health service, graceful stop."""
+INTERNAL without a traceback, standard health service, graceful stop (the error types:
+``services.common.errors``)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
+from services.common.errors import BadRequest, Unavailable
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
-
-
-class BadRequest(ValueError):
-    """A request the client must fix; answered with INVALID_ARGUMENT and this message."""
 
 
 def validation_message(where: str, exc: ValidationError) -> str:
@@ -70,10 +69,6 @@ def rpc(method: str) -> Callable[[Handler[T]], Handler[T]]:
         return wrapper
 
     return deco
-
-
-class Unavailable(RuntimeError):
-    """A dependency (Redis, the user server) is down; answered with UNAVAILABLE."""
 
 
 async def add_health(server: grpc.aio.Server, services: Sequence[str]) -> health_aio.HealthServicer:

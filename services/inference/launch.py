@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from leadre_model.errors import UsageError
 from services.common.settings import Settings
 from services.inference.client import TritonRetrievalClient
 from services.inference.server import InferenceService, instance_ports
@@ -35,7 +36,8 @@ def check_ports_free(host: str, ports: list[int]) -> None:
             try:
                 s.bind((host, port))
             except OSError:
-                raise ValueError(f"port {port} on {host} is in use; choose another --base-port") from None
+                raise UsageError(f"port {port} on {host} is in use; "
+                                 "choose another --base-port") from None
 
 
 def describe(settings: Settings, base_port: int, i: int) -> str:
@@ -48,7 +50,7 @@ def run(settings: Settings, registry: Path, instances: int, base_port: int, echo
     """Serve until SIGTERM/SIGINT (see module doc)."""
     ports = [p for i in range(instances) for p in instance_ports(base_port, i)]
     if max(ports) > 65_535:
-        raise ValueError(f"--base-port {base_port} leaves no room for {instances} instances")
+        raise UsageError(f"--base-port {base_port} leaves no room for {instances} instances")
     check_ports_free(settings.bind_host, ports)
     if instances == 1:
         service = InferenceService(settings, registry, *instance_ports(base_port, 0))

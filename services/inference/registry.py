@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leadre_model.data.store import atomic_dir, atomic_path, load_ads
+from leadre_model.errors import BadInputError, UsageError
 from leadre_model.index.sid_index import SidIndex, load_index
 from leadre_model.llm.model import load_tokenizer, read_manifest
 from leadre_model.llm.tokenizer import level_token_ids
@@ -42,7 +43,7 @@ _VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def version_dir(registry: str | Path, version_id: str) -> Path:
     if not _VERSION_ID.fullmatch(version_id):
-        raise ValueError(f"bad version id {version_id!r}: use 1-64 of [A-Za-z0-9_.-], "
+        raise UsageError(f"bad version id {version_id!r}: use 1-64 of [A-Za-z0-9_.-], "
                          "starting with a letter or digit")
     return Path(registry) / VERSIONS / version_id
 
@@ -64,12 +65,13 @@ def list_versions(registry: str | Path) -> list[str]:
 
 
 def check_model_matches_index(model_dir: Path, index: SidIndex) -> dict[str, Any]:
-    """The manifest of ``model_dir`` if its model was trained on ``index``; ValueError with
-    the reason otherwise (digest differs, or the tokenizer lacks the index's S-ID tokens)."""
+    """The manifest of ``model_dir`` if its model was trained on ``index``; BadInputError
+    (a ValueError) with the reason otherwise (digest differs, or the tokenizer lacks the
+    index's S-ID tokens)."""
     manifest = read_manifest(model_dir)
     digest = index.digest()
     if manifest.get("index_digest") != digest:
-        raise ValueError(
+        raise BadInputError(
             f"{model_dir}: model {manifest.get('model_version')} was trained on S-ID index "
             f"{str(manifest.get('index_digest'))[:16]}…, but the index to serve is {digest[:16]}…; "
             "its S-ID tokens would name other ads. Publish it with its own index or retrain.")
@@ -99,7 +101,8 @@ def publish_version(
         version_id = f"{stamp}-{str(manifest.get('model_version', 'model'))[:8]}"
     final = version_dir(registry, version_id)
     if final.exists():
-        raise ValueError(f"version {version_id!r} already exists in {registry} (versions are immutable)")
+        raise UsageError(f"version {version_id!r} already exists in {registry} "
+                         "(versions are immutable)")
     with atomic_dir(final) as tmp:
         shutil.copytree(model_dir, tmp / "model")
         shutil.copytree(index_dir, tmp / "index")
@@ -117,7 +120,7 @@ def publish_version(
 def set_current(registry: str | Path, version_id: str) -> None:
     """Point ``CURRENT`` at an existing version (also: roll back), atomically."""
     if not version_dir(registry, version_id).is_dir():
-        raise ValueError(f"no version {version_id!r} in {registry}")
+        raise UsageError(f"no version {version_id!r} in {registry}")
     with atomic_path(Path(registry) / CURRENT) as tmp:
         tmp.write_text(version_id + "\n")
 

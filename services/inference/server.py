@@ -42,19 +42,14 @@ from pydantic import ValidationError
 from pytriton.model_config import DynamicBatcher, ModelConfig
 from pytriton.triton import Triton, TritonConfig
 
+from leadre_model.errors import UsageError
 from services.common.contracts import CATALOG_STREAM, INSTANCES_KEY, TRITON_MODEL, CatalogEvent
+from services.common.errors import BadRequest
 from services.common.redis_client import redis_client
 from services.common.settings import Settings
 from services.inference.bundle import Bundle, Result
 from services.inference.registry import current_version, version_dir
-from services.inference.tensors import (
-    INPUTS,
-    OUTPUTS,
-    BadRequest,
-    Row,
-    pack_response,
-    parse_request,
-)
+from services.inference.tensors import INPUTS, OUTPUTS, Row, pack_response, parse_request
 
 log = logging.getLogger(__name__)
 STREAM_PAGE = 1000
@@ -102,7 +97,7 @@ class InferenceService:
             torch.set_num_threads(self.settings.inference_threads)
         version = current_version(self.registry)
         if version is None:
-            raise ValueError(f"{self.registry}: no current version to serve; publish one first "
+            raise UsageError(f"{self.registry}: no current version to serve; publish one first "
                              "(services.inference.registry.publish_version)")
         bundle = Bundle.load(version_dir(self.registry, version), version)
         self._catch_up(bundle, upto="+")

@@ -22,6 +22,7 @@ from services.common.contracts import (
     OUT_SCORES,
     OUT_VERSION,
 )
+from services.common.errors import BadRequest
 from services.inference.bundle import Result
 
 INPUTS = [
@@ -39,10 +40,6 @@ OUTPUTS = [
     Tensor(name=OUT_ADV_SCORES, dtype=np.float32, shape=(-1,)),
     Tensor(name=OUT_VERSION, dtype=bytes, shape=(1,)),
 ]
-
-
-class BadRequest(ValueError):
-    """A request the service refuses; the message goes back to the client."""
 
 
 @dataclass(frozen=True)
@@ -110,4 +107,4 @@ def pack_response(results: Sequence[Result], top_k: int, version: str) -> dict[s
             OUT_VERSION: np.full((n, 1), version.encode(), dtype=object)}
 
 
-__all__ = ["INPUTS", "OUTPUTS", "BadRequest", "Row", "pack_response", "parse_request"]
+__all__ = ["INPUTS", "OUTPUTS", "Row", "pack_response", "parse_request"]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.grpcio import BadRequest, Unavailable
+from services.common.errors import BadRequest, Unavailable
 from services.common.metrics import AGE_BUCKETS, Metrics
 from services.common.settings import Settings
 from services.mixer.features import FeatureIndex, advertiser_priors

@@ -7,7 +7,8 @@ from typing import TypeVar
 import grpc
 from pydantic import BaseModel, ValidationError
 
-from services.common.grpcio import BadRequest, rpc, validation_message
+from services.common.errors import BadRequest
+from services.common.grpcio import rpc, validation_message
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.mixer.core import MixerCore

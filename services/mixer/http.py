@@ -9,7 +9,7 @@ from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from leadre_model.data.records import ID_PATTERN
-from services.common.grpcio import BadRequest, Unavailable
+from services.common.errors import BadRequest, Unavailable
 from services.common.security import api_keys
 from services.mixer.core import MixerCore
 from services.mixer.guard import Guard

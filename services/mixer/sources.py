@@ -24,7 +24,7 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leadre_model.data.records import Ad
-from services.common.grpcio import BadRequest, Unavailable
+from services.common.errors import BadRequest, Unavailable
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.security import client_channel

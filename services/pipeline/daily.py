@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from leadre_model.data.records import Ad, Behavior, ContentItem, User
 from leadre_model.data.store import WorldWriter
+from leadre_model.errors import UsageError
 from services.common import keys
 from services.common.redis_client import redis_client
 from services.common.settings import Settings
@@ -114,7 +115,7 @@ def evaluate_pair(world: Path, previous: Path, new: Path, settings: Settings) ->
                                                  progress=False))
     figures = res["retrievers"]
     if settings.daily_metric not in figures["new"]:
-        raise ValueError(f"daily_metric {settings.daily_metric!r} is not a figure of the "
+        raise UsageError(f"daily_metric {settings.daily_metric!r} is not a figure of the "
                          f"harness; choose one of {sorted(figures['new'])}")
     return float(figures["previous"][settings.daily_metric]), float(figures["new"][settings.daily_metric])
 
@@ -136,7 +137,7 @@ def run_daily(settings: Settings, workdir: Path | None = None, publish: bool = T
     registry = Path(settings.registry_dir)
     previous = current_version_dir(registry)
     if previous is None:
-        raise ValueError(f"{registry}: no current version to continue from; publish one first")
+        raise UsageError(f"{registry}: no current version to continue from; publish one first")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = Path(workdir or Path(settings.daily_workdir) / stamp)
     work.mkdir(parents=True, exist_ok=True)

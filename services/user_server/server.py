@@ -20,7 +20,8 @@ from services.common.convert import (
     profile_to_pb,
     scored_ad,
 )
-from services.common.grpcio import BadRequest, add_health, rpc, set_not_serving
+from services.common.errors import BadRequest
+from services.common.grpcio import add_health, rpc, set_not_serving
 from services.common.metrics import Metrics
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
