@@ -77,6 +77,9 @@ class LLMConfig(_Config):
         default="default", description="codebook: S-ID token rows start as the RQ-VAE "
         "codebook vectors of their code (a seeded random projection to the model width)")
     lora: LoraSettings | None = Field(default=None, description="PEFT LoRA (checkpoint bases)")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="training-time dropout on the "
+                           "input embeddings and attention weights (Qwen2 has no hidden "
+                           "dropout; SASRec's strong regulariser on small data)")
 
     @model_validator(mode="after")
     def _heads(self) -> LLMConfig:
@@ -114,6 +117,7 @@ def build_model(
             max_position_embeddings=cfg.max_positions,
             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
             tie_word_embeddings=cfg.tie_embeddings,
+            attention_dropout=cfg.dropout,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
@@ -122,6 +126,8 @@ def build_model(
             torch.manual_seed(cfg.seed)
             model = Qwen2ForCausalLM(config).to(dtype)
         model.name_or_path = "tiny"
+        if cfg.dropout:
+            embedding_dropout(model, cfg.dropout)
     else:
         path = Path(cfg.base)
         if not path.is_dir():
@@ -137,6 +143,13 @@ def build_model(
     elif cfg.trainable == "new_tokens":
         train_only_token_rows(model, leadre_token_ids(tokenizer, new_tokens))
     return model, tokenizer
+
+
+def embedding_dropout(model: PreTrainedModel, p: float) -> None:
+    """Dropout on the input embeddings while training (a forward hook: the saved model is a
+    plain checkpoint, and eval mode turns it off)."""
+    emb = model.get_input_embeddings()
+    emb.register_forward_hook(lambda m, _args, out: torch.nn.functional.dropout(out, p, m.training))
 
 
 def with_lora(model: PreTrainedModel, cfg: LoraSettings, token_ids: Sequence[int]) -> PreTrainedModel:

@@ -347,3 +347,17 @@ def test_decoder_argument_checks(model, tok, trie, ltok) -> None:
     with pytest.raises(ValueError, match="empty"):
         constrained_beam_search(model, tok, [[]], trie, ltok, beam_width=2)
     assert constrained_beam_search(model, tok, [], trie, ltok, beam_width=2) == []
+
+
+def test_dropout_acts_in_training_only():
+    """LLMConfig.dropout: stochastic in train mode, deterministic in eval mode (decoding)."""
+    from leadre_model.llm.tokenizer import train_tokenizer
+
+    model, _ = build_model(LLMConfig(hidden_size=32, intermediate_size=64, num_layers=1,
+                                     dropout=0.3), train_tokenizer([], [4, 4]))
+    x = torch.tensor([[1, 2, 3]])
+    model.train()
+    assert not torch.allclose(model(x).logits, model(x).logits)
+    model.eval()
+    assert torch.equal(model(x).logits, model(x).logits)
+    assert model.config.attention_dropout == 0.3
