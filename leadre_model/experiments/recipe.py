@@ -44,6 +44,13 @@ RECIPE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"prompts": {"compact": {"content_loss": False}}}),
     "time_gaps": ("+ a time-gap token before each behaviour",
                   {"prompts": {"compact": {"content_loss": True, "time_gaps": True}}}),
+    "dropout": ("+ dropout 0.2 on embeddings and attention", {"llm": {"dropout": 0.2}}),
+    "select": ("+ model selection on validation Recall@10 (30 epochs, best kept)",
+               {"seq": {"epochs": 30},
+                "validation": {"users": 300, "every_epochs": 2, "patience": 4}}),
+    "dropout_select": ("+ dropout 0.2 + model selection on validation (30 epochs)",
+                       {"llm": {"dropout": 0.2}, "seq": {"epochs": 30},
+                        "validation": {"users": 300, "every_epochs": 2, "patience": 4}}),
     "dpo": ("Fig. 4b: + DPO on eCPM pairs", {"dpo": DPO_PRESETS["tiny"].model_dump(),
                                              "dpo_users": 300}),
 }
