@@ -23,6 +23,7 @@ from leadre_model.prompts.compact import CompactConfig, compact_vocabulary
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.dpo import DPO_PRESETS, DPOStageConfig, preference_pairs, train_dpo
+from leadre_model.train.plots import plot_training
 from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig, parse_curriculum, run_curriculum
 from leadre_model.train.validate import BestOnValidation, SidValidator, ValidationConfig
 
@@ -206,6 +207,7 @@ def train_leadre(
     }
     save_model(model, tokenizer, out, index.digest(), extra={"train": summary})
     (Path(out) / "train_log.json").write_text(json.dumps(summary, indent=2))
+    plot_training(summary, Path(out) / "training.png")
     return summary
 
 

@@ -20,6 +20,7 @@ from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.compact import AD, CONVERSION, compact_vocabulary, split_units
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
+from leadre_model.train.plots import plot_training
 from leadre_model.train.sft import SFT_PRESETS, dense_row_ids, run_curriculum
 from leadre_model.train.validate import BestOnValidation, SidValidator, ValidationConfig
 
@@ -114,7 +115,7 @@ def _toy_rows(index) -> list[dict]:
     return rows
 
 
-def test_validation_keeps_the_best_weights_and_stops_early(small_index, tokenizer):
+def test_validation_keeps_the_best_weights_and_stops_early(small_index, tokenizer, tmp_path):
     """Model selection (train/validate.py): rounds are scored with the constrained beam
     search, the stage stops once `patience` rounds bring no gain, and the weights left in
     the model are those of the best round."""
@@ -128,13 +129,15 @@ def test_validation_keeps_the_best_weights_and_stops_early(small_index, tokenize
     assert validator(model, tok) < 1.0  # random init
     selector = BestOnValidation(validator, vcfg, tok)
     cfg = SFT_PRESETS["tiny"].model_copy(update={"epochs": 60, "lr": 1e-2, "logging_steps": 20})
-    run_curriculum(model, tok, {"seq": _toy_rows(index)}, "seq", cfg, progress=False,
-                   last_stage_callbacks=[selector])
+    logs = run_curriculum(model, tok, {"seq": _toy_rows(index)}, "seq", cfg, progress=False,
+                          last_stage_callbacks=[selector])
     summary = selector.summary()
     assert summary["best_recall@1"] == 1.0
     assert summary["stopped_by"] == "early_stopping"
     assert summary["rounds"][-1]["epoch"] < 60
     assert validator(model, tok) == 1.0  # the best round's weights are the ones kept
+    png = plot_training({"sft": logs, "validation": summary}, tmp_path / "training.png")
+    assert png is not None and png.stat().st_size > 0
 
 
 def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):

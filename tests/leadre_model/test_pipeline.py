@@ -43,6 +43,7 @@ def test_every_stage_ran_and_was_logged(trained):
     assert all(s["samples"] > 0 and s["history"] for s in summary["sft"])
     assert summary["dpo_pairs"] > 0 and summary["dpo"]
     assert (model_dir / "train_log.json").exists()
+    assert (model_dir / "training.png").stat().st_size > 0
     assert list(model_dir.glob("*.safetensors"))
 
 
