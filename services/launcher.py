@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from pydantic import SecretStr
 
 from leadre_model.errors import LeadreError, UsageError
 from services.common import keys
@@ -68,9 +69,12 @@ def free_port_block(n: int, start: int = 21000) -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the environment variables that reproduce them in a child."""
+    """The settings as the environment variables that reproduce them in a child (secrets
+    such as the Redis password in clear: ``str(SecretStr)`` is ``'**********'``)."""
     env = {}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"LEADRE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
