@@ -51,20 +51,16 @@ def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0)
 
 def _show_retrievals(workdir: Path, n_users: int = 3, k: int = 5) -> None:
     from leadre_model.data.store import load_ads
-    from leadre_model.index.sid_index import load_index
-    from leadre_model.llm.decode import constrained_beam_search
-    from leadre_model.llm.model import load_model
-    from leadre_model.llm.tokenizer import level_token_ids
+    from leadre_model.llm.retriever import SidRetriever
     from leadre_model.prompts.tasks import build_samples
     from leadre_model.train.pipeline import TRAIN_PRESETS
 
-    index = load_index(workdir / "index")
-    model, tok, _ = load_model(workdir / "model", expected_index_digest=index.digest())
+    sid = SidRetriever.from_dirs(workdir / "model", workdir / "index")
+    index = sid.index
     ads = {a.ad_id: a for a in load_ads(workdir / "world")}
     samples = build_samples(workdir / "world", index, TRAIN_PRESETS["demo"].prompts, ["main"],
                             "test")[:n_users]
-    hits = constrained_beam_search(model, tok, [s["prompt"] for s in samples], index.build_trie(),
-                                   level_token_ids(tok, index.level_sizes), beam_width=20, top_k=k)
+    hits = sid.retrieve([s["prompt"] for s in samples], beam_width=20, top_k=k)
     for sample, user_hits in zip(samples, hits, strict=True):
         console.rule(f"user {sample['user_id']}")
         console.print(sample["prompt"], highlight=False, markup=False)

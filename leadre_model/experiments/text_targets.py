@@ -64,6 +64,7 @@ from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 from leadre_model.index.sid_index import SidIndex, load_index
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.model import build_model, load_model, save_model
+from leadre_model.llm.retriever import SidRetriever
 from leadre_model.llm.tokenizer import train_tokenizer
 from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.config import PromptConfig, PromptTemplate
@@ -289,7 +290,7 @@ class TextTargetRetriever(LeadreRetriever):
         self.cfg = LeadreEvalConfig(beam_width=beam_width, batch_size=batch_size,
                                     progress=progress)
         self.index = index or load_index(Path(index_dir))
-        model, self.tokenizer, self.manifest = load_model(
+        model, tokenizer, self.manifest = load_model(
             model_dir, expected_index_digest=self.index.digest())
         ads = {a.ad_id: a for a in load_ads(world)}
         self.texts = index_texts(self.index, ads, self.kind)
@@ -301,11 +302,10 @@ class TextTargetRetriever(LeadreRetriever):
         content = {c.content_id: c for c in iter_records(world, "content")}
         self.builder = _builders(cfg, self.index, ads, content, self.texts)[1]
         rows = np.array([self.index.row_of(a) for a in self.texts], dtype=np.int64)
-        seqs = completion_ids(self.tokenizer, list(self.texts.values()), cfg.templates)
-        self.trie, self.level_ids = build_text_trie(self.tokenizer, seqs, rows,
-                                                    self.index.active[rows])
-        finish_at_eos(model, self.tokenizer.eos_token_id)  # this retriever's own copy
-        self.model = model
+        seqs = completion_ids(tokenizer, list(self.texts.values()), cfg.templates)
+        trie, level_ids = build_text_trie(tokenizer, seqs, rows, self.index.active[rows])
+        finish_at_eos(model, tokenizer.eos_token_id)  # this retriever's own copy
+        self.sid = SidRetriever(model, tokenizer, self.index, trie, level_ids)
 
     def prompts(self, cases: Sequence[EvalCase]) -> list[str]:
         return [self.builder.build(c.user, c.behaviors, c.now_ts, ads_as="name") for c in cases]

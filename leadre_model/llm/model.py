@@ -35,11 +35,9 @@ from leadre_model.config import _Config
 from leadre_model.data.store import atomic_dir
 from leadre_model.errors import BadInputError, UsageError
 from leadre_model.index.sids import LEVEL_PREFIXES
+from leadre_model.llm.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, read_manifest
 from leadre_model.llm.tokenizer import _SID, SOFT_TOKEN, extend_tokenizer, tokenizer_hash
 
-MANIFEST = "manifest.json"
-FORMAT = "leadre-llm"
-FORMAT_VERSION = 1
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
@@ -239,18 +237,6 @@ def save_model(
     return manifest
 
 
-def read_manifest(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a LEADRE model directory (no manifest)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise BadInputError(f"{path}: format {manifest.get('format')!r} "
-                            f"v{manifest.get('format_version')}, "
-                            f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
-    return manifest
-
-
 def load_model(
     model_dir: str | Path,
     expected_index_digest: str | None = None,
@@ -266,11 +252,8 @@ def load_model(
     """
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    if expected_index_digest is not None and manifest["index_digest"] != expected_index_digest:
-        raise BadInputError(
-            f"{model_dir}: model {manifest['model_version']} was trained on S-ID index "
-            f"{manifest['index_digest'][:16]}…, not on the given index {expected_index_digest[:16]}…; "
-            "its S-ID tokens would name other ads. Serve it with its own index or retrain.")
+    if expected_index_digest is not None:
+        Manifest.model_validate(manifest).check_index(expected_index_digest, model_dir)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer_hash(tokenizer) != manifest["tokenizer_sha256"]:
         raise BadInputError(f"{model_dir}: tokenizer files do not match the manifest's "

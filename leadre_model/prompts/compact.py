@@ -30,13 +30,16 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from leadre_model.config import _Config
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
-from leadre_model.index.sid_index import SidIndex
 from leadre_model.index.sids import sid_tokens
+
+if TYPE_CHECKING:  # the index module loads torch; prompt settings must not
+    from leadre_model.index.sid_index import SidIndex
 
 AD = "<|ad|>"
 CONVERSION = "<|conv|>"

@@ -16,9 +16,9 @@ from leadre_model.config import _Config
 from leadre_model.data.store import load_ads
 from leadre_model.index.sid_index import SidIndex, load_index
 from leadre_model.index.sids import sid_vocabulary
-from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model, save_model
-from leadre_model.llm.tokenizer import TokenizerConfig, level_token_ids, train_tokenizer
+from leadre_model.llm.retriever import SidRetriever
+from leadre_model.llm.tokenizer import TokenizerConfig, train_tokenizer
 from leadre_model.prompts.compact import CompactConfig, compact_vocabulary
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
@@ -214,11 +214,8 @@ def train_leadre(
 def dpo_pairs(model: Any, tokenizer: Any, index: SidIndex, world: Path,
               samples: Sequence[dict[str, Any]], cfg: DPOStageConfig) -> list[dict[str, str]]:
     """Pairs (§4.3.2) from the SFT model's own top decodes; see train/dpo.py."""
-    trie = index.build_trie()
-    ids = level_token_ids(tokenizer, index.level_sizes)
-    hits = constrained_beam_search(model, tokenizer, [s["prompt"] for s in samples], trie, ids,
-                                   beam_width=cfg.candidates)
-    candidates = [[index.ad_ids[h.row] for h in hs] for hs in hits]
+    sid = SidRetriever(model, tokenizer, index)
+    candidates = sid.ad_ids(sid.retrieve([s["prompt"] for s in samples], cfg.candidates))
     ads = {a.ad_id: a for a in load_ads(world)}
     ecpm = {a: ads[a].ecpm for a in index.ad_ids}
     sid_of = {a: index.sid(i) for i, a in enumerate(index.ad_ids)}

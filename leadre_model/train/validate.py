@@ -22,8 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from leadre_model.config import _Config
 from leadre_model.index.sid_index import SidIndex
-from leadre_model.llm.decode import constrained_beam_search
-from leadre_model.llm.tokenizer import level_token_ids
+from leadre_model.llm.retriever import SidRetriever
 
 
 class ValidationConfig(_Config):
@@ -53,15 +52,12 @@ class SidValidator:
         was_training = model.training
         model.eval()
         try:
-            hits = constrained_beam_search(
-                model, tokenizer, self.prompts, self.trie,
-                level_token_ids(tokenizer, self.index.level_sizes),
-                beam_width=max(self.cfg.beam_width, self.cfg.k), top_k=self.cfg.k,
-                batch_size=self.cfg.batch_size, progress=False)
+            sid = SidRetriever(model, tokenizer, self.index, self.trie)
+            hits = sid.retrieve(self.prompts, max(self.cfg.beam_width, self.cfg.k),
+                                top_k=self.cfg.k, batch_size=self.cfg.batch_size)
         finally:
             model.train(was_training)
-        found = sum(t in {self.index.ad_ids[h.row] for h in hs}
-                    for t, hs in zip(self.targets, hits))
+        found = sum(t in set(ads) for t, ads in zip(self.targets, sid.ad_ids(hits)))
         return found / len(self.targets)
 
 

@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leadre_model.data.store import atomic_dir, atomic_path, load_ads
-from leadre_model.errors import BadInputError, UsageError
+from leadre_model.errors import UsageError
 from leadre_model.index.sid_index import SidIndex, load_index
-from leadre_model.llm.model import load_tokenizer, read_manifest
+from leadre_model.llm.manifest import Manifest, read_manifest
+from leadre_model.llm.model import load_tokenizer
 from leadre_model.llm.tokenizer import level_token_ids
 from leadre_model.prompts.tasks import AdvertiserVocab, advertiser_vocab
 
@@ -69,12 +70,7 @@ def check_model_matches_index(model_dir: Path, index: SidIndex) -> dict[str, Any
     (a ValueError) with the reason otherwise (digest differs, or the tokenizer lacks the
     index's S-ID tokens)."""
     manifest = read_manifest(model_dir)
-    digest = index.digest()
-    if manifest.get("index_digest") != digest:
-        raise BadInputError(
-            f"{model_dir}: model {manifest.get('model_version')} was trained on S-ID index "
-            f"{str(manifest.get('index_digest'))[:16]}…, but the index to serve is {digest[:16]}…; "
-            "its S-ID tokens would name other ads. Publish it with its own index or retrain.")
+    Manifest.model_validate(manifest).check_index(index.digest(), model_dir)
     level_token_ids(load_tokenizer(model_dir), index.level_sizes)  # ValueError if tokens missing
     return manifest
 

@@ -1,0 +1,94 @@
+"""A trained model with the index it decodes over: model, tokenizer, manifest, S-ID index,
+trie and per-level token ids, assembled once, and :meth:`SidRetriever.retrieve` (the
+trie-constrained beam search of decode.py) over them.
+
+Every consumer of a trained model goes through it: the ``leadre`` demo, the evaluation
+harness (``eval/leadre_retriever.py``), training where it decodes (DPO pairs, validation
+rounds) and the inference server's bundle. Level sizes come from the index (the trie's),
+so the model's S-ID vocabulary and the trie's masks always line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from leadre_model.errors import BadInputError
+from leadre_model.index.sid_index import SidIndex, load_index, load_trie
+from leadre_model.index.trie import SidTrie
+from leadre_model.llm.decode import Hit, Prompts, cold_prefix_nodes, constrained_beam_search
+from leadre_model.llm.manifest import Manifest
+from leadre_model.llm.model import load_model
+from leadre_model.llm.tokenizer import level_token_ids
+
+
+class SidRetriever:
+    """Model + tokenizer + index + trie + level token ids. Build with :meth:`from_dirs`
+    (a saved model and its index directory, the saved trie loaded as is) or from objects in
+    memory (a model being trained: the trie is built from the index)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 index: SidIndex, trie: SidTrie | None = None,
+                 level_ids: Sequence[np.ndarray] | None = None,
+                 manifest: Manifest | None = None,
+                 cold_nodes: Sequence[np.ndarray] | None = None) -> None:
+        """``level_ids`` default to the S-ID tokens of the trie's level sizes (the
+        index's); ``cold_nodes``: see :func:`~leadre_model.llm.decode.cold_prefix_nodes`."""
+        self.model, self.tokenizer, self.index, self.manifest = model, tokenizer, index, manifest
+        self.trie = trie if trie is not None else index.build_trie()
+        self.level_ids = (list(level_ids) if level_ids is not None
+                          else level_token_ids(tokenizer, self.trie.level_sizes))
+        self.cold_nodes = cold_nodes
+
+    @classmethod
+    def from_dirs(cls, model_dir: str | Path, index_dir: str | Path,
+                  dtype: Any = None) -> SidRetriever:
+        """The model saved in ``model_dir`` over the index in ``index_dir``; BadInputError
+        when the model was trained on another index (see :meth:`Manifest.check_index`)."""
+        index = load_index(Path(index_dir))
+        model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
+                                                dtype=dtype)
+        return cls(model, tokenizer, index, load_trie(Path(index_dir)),
+                   manifest=Manifest.model_validate(manifest))
+
+    def extended(self, index: SidIndex) -> tuple[SidRetriever, int]:
+        """This model over ``index``: the trained index plus ads added since (``leadre index
+        add``; same ads and S-IDs first, BadInputError otherwise). The trained index's level
+        sizes are the model's S-ID vocabulary, so an added ad whose disambiguation code lies
+        beyond it cannot be written by this model: it is left out and counted. Added ads are
+        reached through their semantic prefix (``cold_nodes``). Returns (retriever, ads left
+        out)."""
+        n = len(self.index)
+        if index.ad_ids[:n] != self.index.ad_ids or not (index.codes[:n] == self.index.codes).all():
+            raise BadInputError("the given index does not extend the one the model was trained on")
+        sizes = self.index.level_sizes
+        fits = (index.codes < np.asarray(sizes)).all(axis=1)
+        trie = SidTrie.build(index.codes[fits], np.flatnonzero(fits), active=index.active[fits],
+                             level_sizes=sizes)
+        cold = np.arange(len(index)) >= n
+        nodes = cold_prefix_nodes(trie, index.codes[fits], cold[fits]) if cold.any() else None
+        return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,
+                             self.manifest, nodes), int((~fits).sum()))
+
+    def retrieve(self, prompts: Prompts, beam_width: int, top_k: int | None = None,
+                 exclude: Sequence[Collection[int]] | None = None,
+                 cold_nodes: Sequence[np.ndarray] | None = None, batch_size: int = 64,
+                 progress: bool = False) -> list[list[Hit]]:
+        """Top ``top_k`` (default ``beam_width``) hits per prompt, best first; ``exclude[i]``:
+        index rows prompt ``i`` must not return; ``cold_nodes`` default to this retriever's.
+        See :func:`~leadre_model.llm.decode.constrained_beam_search`."""
+        return constrained_beam_search(
+            self.model, self.tokenizer, prompts, self.trie, self.level_ids, beam_width,
+            top_k=top_k, batch_size=batch_size, progress=progress, exclude=exclude,
+            cold_nodes=self.cold_nodes if cold_nodes is None else cold_nodes)
+
+    def ad_ids(self, hits: Sequence[Sequence[Hit]]) -> list[list[str]]:
+        """The ad ids of :meth:`retrieve`'s hits."""
+        return [[self.index.ad_ids[h.row] for h in hs] for hs in hits]
+
+
+__all__ = ["SidRetriever"]
