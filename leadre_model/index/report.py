@@ -114,6 +114,9 @@ def build_report(index_dir: Path, ads: Sequence[Ad], out: Path | None = None) ->
         "neighbour_accuracy_l1": neighbour_accuracy(emb, [by_id[a].category_l1 for a in index.ad_ids]),
         "neighbour_accuracy_l2": neighbour_accuracy(emb, [by_id[a].category_l2 for a in index.ad_ids]),
         "timings": stats.get("timings", {}),
+        "rqvae_epochs_run": stats.get("train_log", {}).get("epochs_run"),
+        "rqvae_stop_reason": stats.get("train_log", {}).get("stop_reason", ""),
+        "embedding": stats.get("embedding", {}),
     }
     plots = _plots(meta, index.codes, rq.codebook_size, out)
     (out / "report.json").write_text(json.dumps({"figures": figures, "config": meta["config"]}, indent=2))
@@ -166,6 +169,7 @@ def render_markdown(fig: dict[str, Any], meta: dict[str, Any], plots: list[str])
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *_training_lines(fig),
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in fig["timings"].items()),
         "",
         "## Config",
@@ -176,3 +180,17 @@ def render_markdown(fig: dict[str, Any], meta: dict[str, Any], plots: list[str])
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_lines(fig: dict[str, Any]) -> list[str]:
+    """RQ-VAE epochs (and why it stopped) and how the embeddings were made, where recorded."""
+    lines = []
+    if fig.get("rqvae_stop_reason"):
+        lines += [f"RQ-VAE: {fig['rqvae_stop_reason']}.", ""]
+    emb = fig.get("embedding") or {}
+    if emb.get("backend"):
+        lines += [(f"Embeddings: backend {emb['backend']}, {emb['precision']}, "
+                   f"{emb['threads']} threads; {emb['encoded']:,} texts encoded in "
+                   f"{emb['encode_s']:.1f} s, {emb['cached']:,} from the cache, "
+                   f"{emb['duplicates']:,} duplicates."), ""]
+    return lines

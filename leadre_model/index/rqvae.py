@@ -131,6 +131,18 @@ class TrainLog:
     quant: list[float] = field(default_factory=list)
     usage: list[list[float]] = field(default_factory=list)  # per epoch, per level
     reseeded: int = 0
+    epochs_run: int = 0
+    converged_epoch: int | None = None  # 1-based epoch where the early-stop rule fired
+    stop_reason: str = ""
+
+
+def converged(recon: list[float], patience: int, min_delta: float) -> bool:
+    """True when the best reconstruction loss of the last ``patience`` epochs is less than
+    ``min_delta`` (relative) below the best before them."""
+    if patience < 1 or len(recon) <= patience:
+        return False
+    before, recent = min(recon[:-patience]), min(recon[-patience:])
+    return before - recent < min_delta * before
 
 
 @torch.no_grad()
@@ -174,8 +186,14 @@ def train_rqvae(x: np.ndarray, cfg: RQVAEConfig, progress: bool = True) -> tuple
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     log = TrainLog()
     bs = min(cfg.batch_size, len(data))
-    bar = tqdm(range(cfg.epochs), desc="RQ-VAE", disable=not progress, unit="epoch")
-    for epoch in bar:
+    # No re-seeding in the last epochs so the final codebooks settle; an early stop keeps
+    # those settle epochs after the epoch where the reconstruction loss stopped improving.
+    settle = max(1, cfg.epochs // 10)
+    end = cfg.epochs
+    bar = tqdm(total=cfg.epochs, desc="RQ-VAE", disable=not progress, unit="epoch")
+    for epoch in range(cfg.epochs):
+        if epoch >= end:
+            break
         model.train()
         counts = torch.zeros(cfg.levels, cfg.codebook_size)
         tot = rec = qua = 0.0
@@ -194,9 +212,28 @@ def train_rqvae(x: np.ndarray, cfg: RQVAEConfig, progress: bool = True) -> tuple
         log.recon.append(rec / steps)
         log.quant.append(qua / steps)
         log.usage.append(((counts > 0).float().mean(1)).tolist())
-        # No re-seeding in the last epochs so the final codebooks settle.
-        if cfg.dead_code_threshold and epoch < cfg.epochs - max(1, cfg.epochs // 10):
+        log.epochs_run = epoch + 1
+        if (log.converged_epoch is None
+                and converged(log.recon, cfg.early_stop_patience, cfg.early_stop_min_delta)):
+            log.converged_epoch = epoch + 1
+            end = min(end, epoch + 1 + settle)
+        if cfg.dead_code_threshold and epoch < end - settle:
             log.reseeded += _reseed_dead_codes(model, data, counts, gen)
+        bar.update()
         bar.set_postfix(loss=f"{log.loss[-1]:.4f}", usage=f"{np.mean(log.usage[-1]):.2f}")
+    bar.close()
+    if log.epochs_run < cfg.epochs:
+        log.stop_reason = (
+            f"early stop: reconstruction loss improved < {cfg.early_stop_min_delta:.1%} over "
+            f"{cfg.early_stop_patience} epochs at epoch {log.converged_epoch}, then "
+            f"{log.epochs_run - log.converged_epoch} settle epochs; {log.epochs_run} of "
+            f"{cfg.epochs} epochs")
+    elif log.converged_epoch:
+        log.stop_reason = (f"all {cfg.epochs} epochs (the loss stopped improving at epoch "
+                           f"{log.converged_epoch}, within the last {settle})")
+    elif cfg.early_stop_patience:
+        log.stop_reason = f"all {cfg.epochs} epochs (the loss still improved)"
+    else:
+        log.stop_reason = f"all {cfg.epochs} epochs (early stop off)"
     model.eval()
     return model, log

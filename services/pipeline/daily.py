@@ -21,9 +21,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import BaseModel
@@ -37,6 +38,9 @@ from services.common.settings import Settings
 from services.common.userstate import parse_member
 from services.common.versions import current_version_dir
 
+if TYPE_CHECKING:
+    from leadre_model.index.sid_index import SidIndex
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +52,10 @@ class DailyReport(BaseModel):
     reason: str = ""
     exported: dict[str, int] = {}
     new_ads: int = 0
+    # Ad texts behind the new S-IDs: run through the encoder vs served from the embedding
+    # cache (by text hash, kept across days beside the day directories); ads already indexed
+    # keep their S-IDs and are not embedded again.
+    embedding: dict[str, int] = {}
     metric: str
     previous_score: float | None = None
     new_score: float | None = None
@@ -72,6 +80,20 @@ def export_world(r: redis.Redis, out: Path) -> dict[str, int]:
                 w.add("behaviors", b)
         w.manifest = {"source": "redis", "exported": datetime.now(UTC).isoformat(timespec="seconds")}
     return dict(w.counts)
+
+
+def index_new_ads(source: Path, work: Path, ads: Sequence[Ad]) -> SidIndex:
+    """Copy the index ``source`` to ``work/index`` and give the ads not in it their S-IDs
+    (``add_ads``). The embedding cache lies beside the day directories, so a text embedded
+    on an earlier day (or by an earlier try of this day) is served from it, not re-embedded;
+    ``stats["last_add"]`` of the result counts both."""
+    from leadre_model.index.build import add_ads
+
+    shutil.rmtree(work / "index", ignore_errors=True)
+    shutil.copytree(source, work / "index")
+    index, _ = add_ads(work / "index", ads, cache_path=work.parent / "embeddings.npz",
+                       progress=False)
+    return index
 
 
 def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
@@ -130,7 +152,6 @@ def decide(metric: str, previous: float, new: float, margin: float) -> tuple[boo
 
 def run_daily(settings: Settings, workdir: Path | None = None, publish: bool = True) -> DailyReport:
     from leadre_model.data.store import load_ads
-    from leadre_model.index.build import add_ads
     from leadre_model.index.sid_index import load_index
     from services.inference.registry import publish_version
 
@@ -153,11 +174,9 @@ def run_daily(settings: Settings, workdir: Path | None = None, publish: bool = T
     t0 = time.perf_counter()
     live = Path(settings.live_index_dir)
     source = live if (live / "index.json").exists() else previous / "index"
-    shutil.rmtree(work / "index", ignore_errors=True)
-    shutil.copytree(source, work / "index")
-    add_ads(work / "index", load_ads(work / "world"), cache_path=work / "embeddings.npz",
-            progress=False)
-    report.new_ads = len(load_index(work / "index")) - len(load_index(previous / "index"))
+    index = index_new_ads(source, work, load_ads(work / "world"))
+    report.embedding = index.stats["last_add"]
+    report.new_ads = len(index) - len(load_index(previous / "index"))
     t["index_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

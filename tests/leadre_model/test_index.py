@@ -85,16 +85,28 @@ def test_add_new_ads_keeps_existing_sids(tmp_path, small_index, small_ads, embed
     shutil.copytree(small_index, work)
     before = load_index(work)
     new = small_ads[500:560]
-    index, added = add_ads(work, small_ads[:500] + new, cache_path=embed_cache, progress=False)
+    cache = tmp_path / "add_cache.npz"
+    index, added = add_ads(work, small_ads[:500] + new, cache_path=cache, progress=False)
     assert added == [a.ad_id for a in new]
+    # only the new ads' texts are embedded; indexed ads are not embedded again
+    assert index.stats["last_add"] == {"already_indexed": 500, "status_changed": 0, "new": 60,
+                                       "embedded": 60, "from_cache": 0}
     assert (index.codes[:500] == before.codes).all()
     assert len(np.unique(index.codes, axis=0)) == 560
     trie = load_trie(work)
     active = np.array([a.status is AdStatus.ACTIVE for a in small_ads[:560]])
     assert (trie.lookup(index.codes) == np.where(active, np.arange(560), -1)).all()
     # adding the same ads again is a no-op
-    again, added2 = add_ads(work, new, cache_path=embed_cache, progress=False)
+    again, added2 = add_ads(work, new, cache_path=cache, progress=False)
     assert added2 == [] and len(again) == 560
+    assert again.stats["last_add"]["already_indexed"] == 60
+    assert again.stats["last_add"]["embedded"] == 0
+    # the same new ads on a fresh copy of the index: their texts come from the cache
+    fresh = tmp_path / "fresh"
+    shutil.copytree(small_index, fresh)
+    third, _ = add_ads(fresh, new, cache_path=cache, progress=False)
+    assert third.stats["last_add"]["from_cache"] == 60 and third.stats["last_add"]["embedded"] == 0
+    assert (third.codes == index.codes).all()
 
 
 def test_pausing_through_add_removes_the_ad_from_the_trie(tmp_path, small_index, small_ads, embed_cache):
@@ -114,6 +126,8 @@ def test_report_writes_markdown_and_plots(tmp_path, small_index, small_ads):
     figures = build_report(small_index, small_ads[:500], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Table 5" in md and "Table 3" in md
+    assert "RQ-VAE: " in md and "epochs" in figures["rqvae_stop_reason"]  # early stop or not
+    assert f"Embeddings: backend {figures['embedding']['backend']}" in md
     for png in ("rqvae_loss.png", "codebook_usage.png"):
         data = (tmp_path / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from leadre_model.config import RQVAEConfig
-from leadre_model.index.rqvae import ResidualQuantizer, kmeans, train_rqvae
+from leadre_model.index.rqvae import ResidualQuantizer, converged, kmeans, train_rqvae
 
 
 def clustered(n: int = 2000, k: int = 40, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -42,6 +42,33 @@ def test_guards_prevent_collapse_that_happens_without_them():
 
     assert use(m_guard) >= 0.9
     assert use(m_guard) > use(m_bare)
+
+
+def test_early_stop_on_reconstruction_loss_keeps_the_settle_epochs():
+    x = clustered()
+    cfg = CFG.model_copy(update={"epochs": 60, "early_stop_patience": 3,
+                                 "early_stop_min_delta": 0.02})
+    model, log = train_rqvae(x, cfg, progress=False)
+    assert log.converged_epoch is not None and log.epochs_run < 60
+    assert log.epochs_run == log.converged_epoch + 6  # settle = epochs // 10, no re-seeding
+    assert len(log.recon) == log.epochs_run and "early stop" in log.stop_reason
+    recent, before = min(log.recon[log.converged_epoch - 3 : log.converged_epoch]), min(
+        log.recon[: log.converged_epoch - 3])
+    assert before - recent < 0.02 * before  # the rule that fired
+    usage = [len(np.unique(model.encode_codes(x)[0][:, lv])) / 16 for lv in range(3)]
+    assert min(usage) >= 0.9, usage
+    # patience 0 disables the rule: every epoch runs
+    _, full = train_rqvae(x, cfg.model_copy(update={"epochs": 8, "early_stop_patience": 0}),
+                          progress=False)
+    assert full.epochs_run == 8 and full.converged_epoch is None
+    assert full.stop_reason == "all 8 epochs (early stop off)"
+
+
+def test_converged_rule():
+    assert not converged([1.0, 0.9, 0.8], patience=3, min_delta=0.01)  # too few epochs
+    assert not converged([1.0, 0.9, 0.8, 0.7], patience=3, min_delta=0.01)
+    assert converged([1.0, 0.5, 0.499, 0.498, 0.497], patience=3, min_delta=0.01)
+    assert not converged([1.0, 0.5, 0.499, 0.498, 0.497], patience=0, min_delta=0.01)
 
 
 def test_deterministic_for_a_seed():

@@ -14,7 +14,7 @@ from leadre_model.index.sid_index import load_index
 from leadre_model.llm.model import read_manifest
 from services.common import keys
 from services.common.settings import Settings
-from services.pipeline.daily import decide, run_daily
+from services.pipeline.daily import decide, index_new_ads, run_daily
 from tests.services.helpers import seed
 
 pytestmark = pytest.mark.slow
@@ -24,6 +24,22 @@ def test_decision_margin() -> None:
     assert decide("ndcg@8", 0.30, 0.295, 0.01)[0]
     ok, reason = decide("ndcg@8", 0.30, 0.28, 0.01)
     assert not ok and "refused" in reason and "0.2800" in reason
+
+
+def test_daily_index_embeds_only_new_ads_and_reuses_earlier_days(small_index: Path,
+                                                                 small_ads, tmp_path: Path) -> None:
+    # The day's export holds the 500 indexed ads plus 20 new ones: only the new ones are
+    # embedded; on the next day (same served index, the ads are still new to it) their texts
+    # come from the embedding cache kept beside the day directories.
+    export = small_ads[:520]
+    day1 = index_new_ads(small_index, tmp_path / "day1", export)
+    assert day1.stats["last_add"] == {"already_indexed": 500, "status_changed": 0, "new": 20,
+                                      "embedded": 20, "from_cache": 0}
+    day2 = index_new_ads(small_index, tmp_path / "day2", export)
+    assert day2.stats["last_add"]["embedded"] == 0
+    assert day2.stats["last_add"]["from_cache"] == 20
+    assert (day2.codes == day1.codes).all() and len(load_index(tmp_path / "day2" / "index")) == 520
+    assert len(load_index(small_index)) == 500  # the served index is not touched
 
 
 def test_daily_cycle_publishes_a_continued_version(settings: Settings, rds: redis.Redis, svc_world,
@@ -46,6 +62,8 @@ def test_daily_cycle_publishes_a_continued_version(settings: Settings, rds: redi
     assert current_version(s.registry_dir) == report.new_version != first
     assert report.exported["users"] == 30 and report.exported["ads"] == 601
     assert report.new_ads == 1 and "ad_daily_new" in load_index(tmp_path / "day1" / "index")
+    assert report.embedding["new"] == 1
+    assert report.embedding["embedded"] + report.embedding["from_cache"] == 1
     exported = read_table(tmp_path / "day1" / "world", "behaviors")
     assert exported.num_rows == sum(rds.zcard(keys.user_key(u, "hist")) for u in rds.smembers(keys.USERS))
     manifest = read_manifest(Path(s.registry_dir) / "versions" / report.new_version / "model")
