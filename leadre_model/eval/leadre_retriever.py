@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from leadre_model.data.store import iter_records, load_ads
 from leadre_model.eval.harness import EvalCase
 from leadre_model.index.sid_index import SidIndex
-from leadre_model.index.trie import SidTrie
 from leadre_model.llm.manifest import Manifest
-from leadre_model.llm.retriever import SidRetriever
+from leadre_model.llm.retriever import DecoderParts, SidRetriever
 from leadre_model.prompts.builder import PromptBuilder
 from leadre_model.prompts.config import PromptConfig
 
@@ -38,8 +36,9 @@ def prompt_config_of(manifest: dict) -> PromptConfig:
     return Manifest.model_validate(manifest).prompt_config
 
 
-class LeadreRetriever:
-    """A trained LEADRE model behind the harness's Retriever protocol."""
+class LeadreRetriever(DecoderParts):
+    """A trained LEADRE model behind the harness's Retriever protocol (TextTargetRetriever
+    sets its own ``sid``)."""
 
     def __init__(self, name: str, model_dir: Path, index_dir: Path, world: Path,
                  cfg: LeadreEvalConfig | None = None, index: SidIndex | None = None) -> None:
@@ -58,23 +57,6 @@ class LeadreRetriever:
         content = {c.content_id: c for c in iter_records(world, "content")}
         assert self.sid.manifest is not None
         self.builder = PromptBuilder(self.sid.manifest.prompt_config, self.index, ads, content)
-
-    # the decoder's parts, read-only (TextTargetRetriever sets its own ``sid``)
-    @property
-    def model(self) -> Any:
-        return self.sid.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.sid.tokenizer
-
-    @property
-    def trie(self) -> SidTrie:
-        return self.sid.trie
-
-    @property
-    def level_ids(self) -> list[np.ndarray]:
-        return self.sid.level_ids
 
     @property
     def cold_nodes(self) -> Sequence[np.ndarray] | None:

@@ -14,13 +14,12 @@ from leadre_model.config import IndexConfig
 from leadre_model.data.records import Ad, AdStatus
 from leadre_model.errors import BadInputError
 from leadre_model.index.embed import TextEmbedder
+from leadre_model.index.live import CatalogEvent, CatalogOp, LiveIndex
 from leadre_model.index.rqvae import RQVAE, train_rqvae
 from leadre_model.index.sid_index import (
     SidIndex,
     load_embeddings,
-    load_index,
     load_rqvae,
-    load_trie,
     save_index,
 )
 from leadre_model.index.sids import (
@@ -117,21 +116,17 @@ def add_ads(
     ``index.stats["last_add"]`` counts this call's ads: already indexed, new, and of the new
     ones how many texts were embedded and how many served from the embedding cache.
     """
-    index = load_index(index_dir)
+    live = LiveIndex.load(index_dir)
+    index = live.index
     model = load_rqvae(index_dir)
-    trie = load_trie(index_dir)
     old_emb = load_embeddings(index_dir)
     fresh = [a for a in new_ads if a.ad_id not in index]
-    figures = {"already_indexed": len(new_ads) - len(fresh), "status_changed": 0,
-               "new": len(fresh), "embedded": 0, "from_cache": 0}
-    for ad in new_ads:
-        if ad.ad_id in index:
-            row = index.row_of(ad.ad_id)
-            want = ad.status is AdStatus.ACTIVE
-            if index.active[row] != want:
-                index.active[row] = want
-                (trie.resume if want else trie.pause)(np.array([row]))
-                figures["status_changed"] += 1
+    status = live.apply([CatalogEvent(op=CatalogOp.RESUME if a.status is AdStatus.ACTIVE
+                                      else CatalogOp.PAUSE, ad_id=a.ad_id)
+                         for a in new_ads if a.ad_id in index])
+    figures = {"already_indexed": len(new_ads) - len(fresh),
+               "status_changed": len(status.toggled), "new": len(fresh), "embedded": 0,
+               "from_cache": 0}
     index.stats = {**index.stats, "last_add": figures}
     if fresh:
         embedder = TextEmbedder(index.config.embed, cache_path)
@@ -142,15 +137,9 @@ def add_ads(
             model, emb, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
         )
         new_codes = add_disambiguation(codes_m[len(index):], existing=index.codes)
-        rows = np.arange(len(index), len(index) + len(fresh), dtype=np.int64)
-        index = SidIndex(
-            ad_ids=index.ad_ids + [a.ad_id for a in fresh],
-            codes=np.concatenate([index.codes, new_codes]),
-            active=np.concatenate([index.active, [a.status is AdStatus.ACTIVE for a in fresh]]),
-            config=index.config,
-            stats={**index.stats, "added": index.stats.get("added", 0) + len(fresh)},
-        )
-        trie.add(new_codes, rows, active=index.active[rows])
+        live.add([a.ad_id for a in fresh], new_codes,
+                 active=np.array([a.status is AdStatus.ACTIVE for a in fresh]))
+        index.stats = {**index.stats, "added": index.stats.get("added", 0) + len(fresh)}
         old_emb = np.concatenate([old_emb, emb])
-    save_index(index_dir, index, model, old_emb, trie)
+    save_index(index_dir, index, model, old_emb, live.trie)
     return index, [a.ad_id for a in fresh]

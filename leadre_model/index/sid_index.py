@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,22 @@ class SidIndex:
             return self._row_of[ad_id]
         except KeyError:
             raise KeyError(f"ad {ad_id!r} is not in the index") from None
+
+    @property
+    def row_by_id(self) -> Mapping[str, int]:
+        """ad id → row, read-only."""
+        return MappingProxyType(self._row_of)
+
+    def extend(self, ad_ids: Sequence[str], codes: np.ndarray, active: np.ndarray) -> None:
+        """Append ads in place, rows after the existing ones (``LiveIndex.add`` keeps the
+        trie in step); ValueError for an ad id already here."""
+        if len(set(ad_ids)) != len(ad_ids) or any(a in self._row_of for a in ad_ids):
+            raise ValueError("duplicate ad ids in index")
+        n = len(self.ad_ids)
+        self.ad_ids += list(ad_ids)
+        self._row_of.update({a: n + i for i, a in enumerate(ad_ids)})
+        self.codes = np.concatenate([self.codes, np.asarray(codes, np.int64)])
+        self.active = np.concatenate([self.active, np.asarray(active, bool)])
 
     def sid(self, row: int) -> str:
         return sid_tokens(self.codes[row])

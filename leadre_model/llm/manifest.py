@@ -22,14 +22,15 @@ FORMAT = "leadre-llm"
 FORMAT_VERSION = 1
 
 
-def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+def read_manifest(model_dir: str | Path, check_format: bool = True) -> dict[str, Any]:
     """The manifest of ``model_dir`` as saved (a dict); FileNotFoundError when there is
-    none, BadInputError for another format."""
+    none, BadInputError for another format (unless ``check_format`` is off)."""
     path = Path(model_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a LEADRE model directory (no manifest)")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if check_format and (manifest.get("format") != FORMAT
+                         or manifest.get("format_version") != FORMAT_VERSION):
         raise BadInputError(f"{path}: format {manifest.get('format')!r} "
                             f"v{manifest.get('format_version')}, "
                             f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
@@ -44,20 +45,22 @@ class Manifest(BaseModel):
 
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-    model_version: str
+    model_version: str = ""
     base: str = ""
     architecture: str = ""
     num_parameters: int = 0
     weights_sha256: str = ""
     tokenizer_sha256: str = ""
-    index_digest: str
+    index_digest: str = ""
     level_sizes: list[int] = []
     created: str = ""
     extra: dict[str, Any] = {}
 
     @classmethod
-    def read(cls, model_dir: str | Path) -> Manifest:
-        return cls.model_validate(read_manifest(model_dir))
+    def read(cls, model_dir: str | Path, check_format: bool = True) -> Manifest:
+        """``check_format=False``: whatever fields the file has (building prompts needs only
+        the training config)."""
+        return cls.model_validate(read_manifest(model_dir, check_format))
 
     @property
     def train_config(self) -> dict[str, Any]:

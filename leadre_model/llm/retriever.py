@@ -91,4 +91,27 @@ class SidRetriever:
         return [[self.index.ad_ids[h.row] for h in hs] for hs in hits]
 
 
-__all__ = ["SidRetriever"]
+class DecoderParts:
+    """Read-only access to the parts of the :class:`SidRetriever` an object holds as
+    ``sid`` (the evaluation retriever, the inference bundle)."""
+
+    sid: SidRetriever
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.sid.model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.sid.tokenizer
+
+    @property
+    def trie(self) -> SidTrie:
+        return self.sid.trie
+
+    @property
+    def level_ids(self) -> list[np.ndarray]:
+        return self.sid.level_ids
+
+
+__all__ = ["DecoderParts", "SidRetriever"]

@@ -5,9 +5,11 @@ nearline worker and the user server cannot drift apart.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from pydantic import BaseModel, ConfigDict, Field
+
+# A catalog change is a live-index change (leadre_model.index.live); re-exported here as the
+# wire contract of CATALOG_STREAM.
+from leadre_model.index.live import CatalogEvent, CatalogOp  # noqa: F401 (re-exported)
 
 # --- Triton model `leadre_retrieval` (services/inference) --------------------------------
 TRITON_MODEL = "leadre_retrieval"
@@ -40,35 +42,6 @@ OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_sco
 CATALOG_STREAM = "leadre:catalog"  # CatalogEvent entries; every inference instance applies them
 INSTANCES_KEY = "leadre:inference:instances"  # hash url -> last heartbeat (unix seconds)
 BALANCE_COUNTER = "leadre:inference:rr"  # global round-robin counter (INCR)
-
-
-class CatalogOp(StrEnum):
-    ADD = "add"  # a new ad with its S-ID codes
-    PAUSE = "pause"
-    RESUME = "resume"
-
-
-class CatalogEvent(BaseModel):
-    """One catalog change, appended to ``CATALOG_STREAM`` as flat string fields
-    (``op``, ``ad_id``, and for ``add`` ``codes`` = space-separated ints)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    op: CatalogOp
-    ad_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    codes: tuple[int, ...] | None = None
-
-    def to_fields(self) -> dict[str, str]:
-        fields = {"op": self.op.value, "ad_id": self.ad_id}
-        if self.codes is not None:
-            fields["codes"] = " ".join(map(str, self.codes))
-        return fields
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> CatalogEvent:
-        codes = fields.get("codes")
-        return cls(op=fields.get("op"), ad_id=fields.get("ad_id"),
-                   codes=tuple(int(c) for c in codes.split()) if codes else None)
 
 
 class RetrievedAd(BaseModel):

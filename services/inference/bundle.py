@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from leadre_model.index.sid_index import load_index
-from leadre_model.index.trie import SidTrie
+from leadre_model.index.live import LiveIndex
 from leadre_model.llm.decode import constrained_beam_search, encode_prompts
-from leadre_model.llm.model import load_model, sid_level_sizes
-from leadre_model.llm.tokenizer import level_token_ids
+from leadre_model.llm.retriever import DecoderParts, SidRetriever
 from leadre_model.prompts.tasks import AdvertiserVocab
-from services.common.contracts import CatalogEvent, CatalogOp, RetrievedAd
-from services.inference.registry import check_model_matches_index, read_advertisers
+from services.common.contracts import CatalogEvent, RetrievedAd
+from services.inference.registry import read_advertisers
 
 log = logging.getLogger(__name__)
 Prompt = str | Sequence[int]
@@ -73,99 +71,55 @@ class _Advertisers:
             self.trie.pause(np.array([a]))
 
 
-class Bundle:
+class Bundle(DecoderParts):
     """A served version (see module doc). Build with :meth:`load`."""
 
-    def __init__(self, version: str, model: Any, tokenizer: Any, manifest: dict[str, Any],
-                 ad_ids: list[str], codes: np.ndarray, active: np.ndarray,
+    def __init__(self, version: str, sid: SidRetriever,
                  advertisers: tuple[AdvertiserVocab, dict[str, str]] | None = None) -> None:
-        self.version, self.model, self.tokenizer, self.manifest = version, model, tokenizer, manifest
-        levels = codes.shape[1]
-        self.level_sizes = sid_level_sizes(tokenizer)[:levels]
-        self.level_ids = level_token_ids(tokenizer, self.level_sizes)
-        self.trie = SidTrie.build(codes, np.arange(len(ad_ids)), active, level_sizes=self.level_sizes)
-        self.ad_ids, self.active = list(ad_ids), np.asarray(active, bool).copy()
-        self.codes = np.asarray(codes, np.int64)
-        self.row_of = {a: i for i, a in enumerate(self.ad_ids)}
-        self.adv = _Advertisers(*advertisers, self.ad_ids, self.active, tokenizer) if advertisers else None
+        self.version, self.sid = version, sid
+        # added ads must fit the model's S-ID vocabulary: the level sizes of its index
+        self.live = LiveIndex(sid.index, sid.trie, vocabulary=sid.trie.level_sizes)
+        self.level_sizes = self.live.vocabulary
+        index = sid.index
+        self.adv = (_Advertisers(*advertisers, index.ad_ids, index.active, self.tokenizer)
+                    if advertisers else None)
         self.lock = threading.Lock()
 
     @classmethod
     def load(cls, vdir: str | Path, version: str | None = None) -> Bundle:
         """Load ``<registry>/versions/<id>``; ValueError when its model does not match its
-        index (the manifest's digest) — such a version is never served."""
+        index (the manifest's digest, the S-ID tokens) — such a version is never served."""
         vdir = Path(vdir)
-        index = load_index(vdir / "index")
-        check_model_matches_index(vdir / "model", index)
-        model, tok, manifest = load_model(vdir / "model", expected_index_digest=index.digest())
-        adv = read_advertisers(vdir, index.level_sizes[0])
-        return cls(version or vdir.name, model, tok, manifest, index.ad_ids, index.codes,
-                   index.active, adv)
+        sid = SidRetriever.from_dirs(vdir / "model", vdir / "index")
+        adv = read_advertisers(vdir, sid.index.level_sizes[0])
+        return cls(version or vdir.name, sid, adv)
+
+    # the index's state (the live index changes it in place)
+    @property
+    def ad_ids(self) -> list[str]:
+        return self.sid.index.ad_ids
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self.sid.index.codes
+
+    @property
+    def active(self) -> np.ndarray:
+        return self.sid.index.active
+
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        return self.sid.index.row_by_id
 
     # -- catalog ------------------------------------------------------------------------
     def apply(self, events: Sequence[CatalogEvent]) -> list[tuple[CatalogEvent, str]]:
         """Apply catalog events in order; returns the skipped ones with the reason."""
-        skipped: list[tuple[CatalogEvent, str]] = []
         with self.lock:
-            adds: list[CatalogEvent] = []
-            for ev in events:
-                if ev.op is CatalogOp.ADD:
-                    adds.append(ev)
-                    continue
-                self._add(adds, skipped)  # keep the stream's order: adds before later pauses
-                adds = []
-                if (row := self.row_of.get(ev.ad_id)) is None:
-                    skipped.append((ev, "unknown ad"))
-                    continue
-                on = ev.op is CatalogOp.RESUME
-                if bool(self.active[row]) != on:
-                    (self.trie.resume if on else self.trie.pause)(np.array([row]))
-                    self.active[row] = on
-                    if self.adv is not None:
-                        self.adv.toggle(row, on)
-            self._add(adds, skipped)
-        return skipped
-
-    def _add(self, adds: list[CatalogEvent], skipped: list[tuple[CatalogEvent, str]]) -> None:
-        fresh: dict[str, tuple[int, ...]] = {}
-        for ev in adds:
-            why = self._add_problem(ev)
-            if why:
-                skipped.append((ev, why))
-            elif ev.ad_id not in self.row_of and ev.ad_id not in fresh:
-                fresh[ev.ad_id] = tuple(ev.codes or ())
-        if not fresh:
-            return
-        try:
-            self._insert(list(fresh.items()))
-        except ValueError:  # an S-ID already taken: find which, add the others
-            for item in fresh.items():
-                try:
-                    self._insert([item])
-                except ValueError as exc:
-                    skipped.append((CatalogEvent(op=CatalogOp.ADD, ad_id=item[0], codes=item[1]),
-                                    str(exc)))
-
-    def _insert(self, items: list[tuple[str, tuple[int, ...]]]) -> None:
-        rows = np.arange(len(self.ad_ids), len(self.ad_ids) + len(items))
-        self.trie.add(np.array([c for _, c in items], np.int64), rows)
-        self.ad_ids += [a for a, _ in items]
-        self.row_of.update({a: int(r) for (a, _), r in zip(items, rows)})
-        self.active = np.concatenate([self.active, np.ones(len(items), bool)])
-        self.codes = np.concatenate([self.codes, np.array([c for _, c in items], np.int64)])
-
-    def _add_problem(self, ev: CatalogEvent) -> str:
-        codes = ev.codes
-        if not codes:
-            return "add without codes"
-        if ev.ad_id in self.row_of:  # e.g. replayed onto a version that indexed it since
-            known = tuple(int(c) for c in self.codes[self.row_of[ev.ad_id]])
-            return "" if known == codes else f"already indexed with other codes {list(known)}"
-        if len(codes) != len(self.level_sizes) or any(
-                not 0 <= c < k for c, k in zip(codes, self.level_sizes)):
-            return (f"codes {list(codes)} do not fit the model's S-ID vocabulary "
-                    f"(level sizes {self.level_sizes})")
-        return ""
+            done = self.live.apply(events)
+            if self.adv is not None:
+                for row, on in done.toggled:
+                    self.adv.toggle(row, on)
+        return done.skipped
 
     # -- serving ------------------------------------------------------------------------
     def token_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
@@ -195,9 +149,8 @@ class Bundle:
         with self.lock, torch.inference_mode():
             rows = None if exclude is None else [
                 {r for a in ex if (r := self.row_of.get(a)) is not None} for ex in exclude]
-            hits = constrained_beam_search(self.model, self.tokenizer, list(prompts), self.trie,
-                                           self.level_ids, beam_width, batch_size=batch_size,
-                                           exclude=rows)
+            hits = self.sid.retrieve(list(prompts), beam_width, batch_size=batch_size,
+                                     exclude=rows)
             ads = [[RetrievedAd(ad_id=self.ad_ids[h.row], score=h.logprob) for h in hs[:k]]
                    for hs, k in zip(hits, top_k)]
             return [Result(a, adv) for a, adv in
