@@ -101,13 +101,14 @@ def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
     """Fine-tune the served model further on ``world`` (see module doc); saves to ``out``."""
     from leadre_model.index.sid_index import load_index
     from leadre_model.index.sids import sid_vocabulary
-    from leadre_model.llm.model import build_model, read_manifest, save_model
+    from leadre_model.llm.manifest import Manifest
+    from leadre_model.llm.model import build_model, save_model
     from leadre_model.prompts.tasks import build_samples
     from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, cap_samples
     from leadre_model.train.sft import parse_curriculum, run_curriculum, strip_lm
 
-    manifest = read_manifest(prev_model)
-    saved = manifest.get("extra", {}).get("train", {}).get("config")
+    manifest = Manifest.read(prev_model)
+    saved = manifest.train_config
     cfg = TrainConfig.model_validate(saved) if saved else TRAIN_PRESETS["demo"]
     index = load_index(index_dir)
     curriculum = strip_lm(cfg.curriculum)  # the served model already is a language model
@@ -119,7 +120,7 @@ def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
                              new_tokens=sid_vocabulary(index.level_sizes))
     sft = cfg.sft.model_copy(update={"epochs": settings.daily_epochs})
     logs = run_curriculum(model, tok, by_task, curriculum, sft, progress=False)
-    summary = {"config": cfg.model_dump(), "continued_from": manifest["model_version"],
+    summary = {"config": cfg.model_dump(), "continued_from": manifest.model_version,
                "sft": logs, "samples": {t: len(v) for t, v in by_task.items()}}
     save_model(model, tok, out, index.digest(), extra={"train": summary})
     return summary
