@@ -41,11 +41,12 @@ class EmbedConfig(_Config):
         description="auto = bf16 autocast where the CPU has native bf16 (≈2× faster, cosine "
         "to fp32 > 0.9999), else fp32",
     )
-    backend: Literal["torch", "onnx"] = Field(
-        default="torch",
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
         description="torch: the sentence-transformers model in PyTorch; onnx: the same model "
         "exported locally to an fp32 ONNX graph (cached under .leadre_cache/onnx) and run by "
-        "ONNX Runtime (cosine to torch fp32 > 0.999999, same S-IDs)",
+        "ONNX Runtime (cosine to torch fp32 > 0.999999, same S-IDs); auto: torch where it "
+        "runs bf16 (precision), else onnx when onnxruntime is installed, else torch",
     )
     threads: int = Field(
         default=0, ge=0, description="encoder intra-op threads (0: one per core)"

@@ -110,3 +110,13 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(UsageError, match="onnxruntime.*backend 'torch'"):
         TextEmbedder(ONNX).embed(["x"], progress=False)
+    # auto falls back to torch
+    assert TextEmbedder(EmbedConfig(backend="auto", precision="fp32")).backend == "torch"
+
+
+def test_auto_backend_picks_the_fastest_path_that_keeps_the_embeddings():
+    # bf16 autocast (precision auto on a CPU with native bf16, or bf16) is faster than both
+    # fp32 paths; in fp32 the ONNX graph is faster, with the same embeddings (see above).
+    assert TextEmbedder(EmbedConfig(precision="bf16")).backend == "torch"
+    assert TextEmbedder(EmbedConfig(precision="fp32")).backend == "onnx"
+    assert TextEmbedder(EmbedConfig(backend="torch", precision="fp32")).backend == "torch"
