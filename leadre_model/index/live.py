@@ -4,8 +4,8 @@ pause, resume) are applied, without retraining or reloading anything.
 One implementation for every holder of a changing catalog: an inference instance's bundle
 (the served model's trie), the nearline worker's prompt source (new ads render as their
 S-IDs) and ``add_ads`` (the offline index on disk, whose re-imported ads pause or resume).
-``CatalogEvent`` is also the wire form of a change on the catalog stream
-(``services.common.contracts.CATALOG_STREAM``).
+``CatalogEvent`` is also the wire form of a change on the serving side's catalog stream
+(its contracts module re-exports it).
 
 Torch-free (numpy and pydantic), so a process that only builds prompts stays light.
 """

@@ -77,9 +77,9 @@ class Bundle(DecoderParts):
     def __init__(self, version: str, sid: SidRetriever,
                  advertisers: tuple[AdvertiserVocab, dict[str, str]] | None = None) -> None:
         self.version, self.sid = version, sid
-        # added ads must fit the model's S-ID vocabulary: the level sizes of its index
-        self.live = LiveIndex(sid.index, sid.trie, vocabulary=sid.trie.level_sizes)
-        self.level_sizes = self.live.vocabulary
+        # added ads must fit the model's S-ID vocabulary: the level sizes of its index (trie)
+        self.level_sizes = list(sid.trie.level_sizes)
+        self.live = LiveIndex(sid.index, sid.trie, vocabulary=self.level_sizes)
         index = sid.index
         self.adv = (_Advertisers(*advertisers, index.ad_ids, index.active, self.tokenizer)
                     if advertisers else None)
