@@ -14,8 +14,9 @@ from pydantic import Field
 
 from leadre_model.config import _Config
 from leadre_model.data.store import load_ads
-from leadre_model.index.sid_index import SidIndex, load_index
+from leadre_model.index.sid_index import SidIndex, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
+from leadre_model.index.trie import SidTrie
 from leadre_model.llm.model import LLMConfig, build_model, save_model
 from leadre_model.llm.retriever import SidRetriever
 from leadre_model.llm.tokenizer import TokenizerConfig, train_tokenizer
@@ -140,7 +141,7 @@ def train_leadre(
     ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b compares)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    index = load_index(index_dir)
+    index, trie = load_index(index_dir), load_trie(index_dir)
     tasks = _tasks(cfg.curriculum)
     # DPO pairs come from main-task prompts even when the curriculum trains `seq` rows
     needed = tasks + (["main"] if cfg.dpo is not None and "main" not in tasks else [])
@@ -173,7 +174,7 @@ def train_leadre(
     if cfg.validation is not None:
         valid = cap_samples(build_samples(world, index, cfg.prompts, ["main"], "valid"),
                             cfg.validation.users, cfg.sft.seed)
-        selector = BestOnValidation(SidValidator(index, valid, cfg.validation),
+        selector = BestOnValidation(SidValidator(index, valid, cfg.validation, trie),
                                     cfg.validation, tokenizer)
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
@@ -193,7 +194,7 @@ def train_leadre(
     if cfg.dpo is not None:
         t0 = time.perf_counter()
         chosen = cap_samples(by_task["main"], cfg.dpo_users, cfg.sft.seed)
-        pairs = dpo_pairs(model, tokenizer, index, world, chosen, cfg.dpo)
+        pairs = dpo_pairs(model, tokenizer, index, world, chosen, cfg.dpo, trie)
         n_pairs = len(pairs)
         dpo_log = train_dpo(model, tokenizer, pairs, cfg.dpo, progress) if pairs else []
         timings["dpo_s"] = time.perf_counter() - t0
@@ -212,9 +213,11 @@ def train_leadre(
 
 
 def dpo_pairs(model: Any, tokenizer: Any, index: SidIndex, world: Path,
-              samples: Sequence[dict[str, Any]], cfg: DPOStageConfig) -> list[dict[str, str]]:
-    """Pairs (§4.3.2) from the SFT model's own top decodes; see train/dpo.py."""
-    sid = SidRetriever(model, tokenizer, index)
+              samples: Sequence[dict[str, Any]], cfg: DPOStageConfig,
+              trie: SidTrie | None = None) -> list[dict[str, str]]:
+    """Pairs (§4.3.2) from the SFT model's own top decodes; see train/dpo.py. ``trie``:
+    the index's (built from it when not given)."""
+    sid = SidRetriever(model, tokenizer, index, trie)
     candidates = sid.ad_ids(sid.retrieve([s["prompt"] for s in samples], cfg.candidates))
     ads = {a.ad_id: a for a in load_ads(world)}
     ecpm = {a: ads[a].ecpm for a in index.ad_ids}

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from leadre_model.config import _Config
 from leadre_model.index.sid_index import SidIndex
+from leadre_model.index.trie import SidTrie
 from leadre_model.llm.retriever import SidRetriever
 
 
@@ -40,13 +41,14 @@ class SidValidator:
     """Recall@k of a model on fixed validation prompts (prompt → target ad id)."""
 
     def __init__(self, index: SidIndex, samples: Sequence[Mapping[str, Any]],
-                 cfg: ValidationConfig) -> None:
+                 cfg: ValidationConfig, trie: SidTrie | None = None) -> None:
+        """``trie``: the index's (built from it when not given)."""
         if not samples:
             raise ValueError("no validation samples")
         self.index, self.cfg = index, cfg
         self.prompts = [s["prompt"] for s in samples]
         self.targets = [s["target_ad"] for s in samples]
-        self.trie = index.build_trie()
+        self.trie = trie if trie is not None else index.build_trie()
 
     def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> float:
         was_training = model.training
