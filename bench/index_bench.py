@@ -1,7 +1,7 @@
 """Index benchmark: one `name: value` line per figure.
 
     python bench/index_bench.py [--build-ads 100000] [--trie-ads 1000000]
-                                [--backend auto|torch|onnx] [--speed-sample 2000]
+                                [--backend auto|torch|onnx] [--speed-sample 2000] [--threads N]
 
 - sid_unique_fraction, collision_rate_before_code (+ the plain-argmin rate) on a 10,000-ad
   synthetic catalog with the default preset for that size;
@@ -48,13 +48,13 @@ def build(n_ads: int, seed: int, workdir: Path, cache: Path | None,
     return time.perf_counter() - t0, index.stats
 
 
-def encoder_speed(n_texts: int, seed: int) -> dict[str, float]:
+def encoder_speed(n_texts: int, seed: int, threads: int) -> dict[str, float]:
     """texts/s of each backend on the same texts (no cache), ordered A B B A."""
     texts = [ad_text(a) for a in synth_ad_records(n_texts, seed + 1)]
-    configs = {"torch_fp32": EmbedConfig(backend="torch", precision="fp32"),
-               "onnx": EmbedConfig(backend="onnx")}
+    configs = {"torch_fp32": EmbedConfig(backend="torch", precision="fp32", threads=threads),
+               "onnx": EmbedConfig(backend="onnx", threads=threads)}
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        configs["torch_bf16"] = EmbedConfig(backend="torch", precision="bf16")
+        configs["torch_bf16"] = EmbedConfig(backend="torch", precision="bf16", threads=threads)
     embedders = {name: TextEmbedder(cfg) for name, cfg in configs.items()}
     for emb in embedders.values():  # load (and export) outside the timing; warm up
         emb.encode(texts[: emb.cfg.batch_size])
@@ -84,11 +84,12 @@ def main() -> None:
     ap.add_argument("--trie-ads", type=int, default=1_000_000, help="0 skips the trie figures")
     ap.add_argument("--backend", choices=["auto", "torch", "onnx"], default=EmbedConfig().backend,
                     help="encoder backend of the builds")
+    ap.add_argument("--threads", type=int, default=0, help="encoder threads (0: one per core)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(".leadre_cache/bench_embeddings.npz"),
                     help="embedding cache of the timed build (emptied first; table5 reuses it)")
     args = ap.parse_args()
-    embed = EmbedConfig(backend=args.backend)
+    embed = EmbedConfig(backend=args.backend, threads=args.threads)
     emb = TextEmbedder(embed)
     print(f"encoder_backend: {emb.backend}")
     print(f"encoder_precision: {emb.precision}")
@@ -109,7 +110,7 @@ def main() -> None:
             print(f"codebook_usage_avg: {np.mean(stats['codebook_usage']):.4f}")
             sys.stdout.flush()
         if args.speed_sample:
-            speed = encoder_speed(args.speed_sample, args.seed)
+            speed = encoder_speed(args.speed_sample, args.seed, args.threads)
             for name, value in speed.items():
                 print(f"{name}: {value:.6f}" if "cosine" in name else f"{name}: {value:.2f}")
             rate = speed["encoder_texts_per_s_" + ("onnx" if emb.backend == "onnx" else

@@ -49,7 +49,9 @@ class EmbedConfig(_Config):
         "runs bf16 (precision), else onnx when onnxruntime is installed, else torch",
     )
     threads: int = Field(
-        default=0, ge=0, description="encoder intra-op threads (0: one per core)"
+        default=0, ge=0,
+        description="encoder intra-op threads (0: one per core that is idle when the encoder "
+        "starts; see leadre_model/index/cpu.py)",
     )
 
     @model_validator(mode="after")
@@ -88,6 +90,9 @@ class RQVAEConfig(_Config):
     )
     early_stop_min_delta: float = Field(
         default=0.01, ge=0, description="relative improvement of the best reconstruction loss"
+    )
+    threads: int = Field(
+        default=0, ge=0, description="torch threads while training (0: one per idle core)"
     )
     seed: int = 0
 

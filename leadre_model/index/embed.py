@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,10 @@ from tqdm.auto import tqdm
 from leadre_model.config import DEFAULT_ENCODER, EmbedConfig
 from leadre_model.data.store import atomic_path
 from leadre_model.errors import UsageError
+from leadre_model.index.cpu import resolve_threads, torch_threads
 from leadre_model.index.text import text_hash
+
+log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 _EXPORT_VERSION = 1  # bump when the exported wrapper changes: old exports are not reused
@@ -123,17 +126,6 @@ def token_batches(
                     value = value[rows]
                 batch[name] = value
             yield start + rows.numpy(), batch
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _require(module: str) -> Any:
@@ -233,6 +225,8 @@ class TextEmbedder:
         self.onnx_dir = Path(onnx_dir) if onnx_dir else default_onnx_dir()
         self._st = None
         self._runner = None
+        self._onnx_failed = False
+        self._threads: int | None = None
         self.encoded = 0  # texts actually run through the encoder (not served from cache)
         self.stats: dict[str, Any] = {"requested": 0, "encoded": 0, "cached": 0,
                                       "duplicates": 0, "load_s": 0.0, "encode_s": 0.0}
@@ -251,7 +245,7 @@ class TextEmbedder:
         where it runs bf16 (native bf16), else onnx (fp32), else torch (no onnxruntime)."""
         if self.cfg.backend != "auto":
             return self.cfg.backend
-        if self.precision == "bf16":
+        if self.precision == "bf16" or self._onnx_failed:
             return "torch"
         try:
             importlib.import_module("onnxruntime")
@@ -261,7 +255,10 @@ class TextEmbedder:
 
     @property
     def threads(self) -> int:
-        return self.cfg.threads or torch.get_num_threads()
+        """Encoder threads: ``cfg.threads``, or one per core free when first asked."""
+        if self._threads is None:
+            self._threads = resolve_threads(self.cfg.threads)
+        return self._threads
 
     def _encode_batch(self) -> Any:
         """The batch → (B, D) function of the configured backend (loaded on first use)."""
@@ -271,7 +268,15 @@ class TextEmbedder:
                 _require("onnxruntime")  # before the slow load: say what is missing first
             self._st = _load_sentence_transformer(self.cfg.model)
             if self.backend == "onnx":
-                self._runner = _OnnxRunner(self._st, self.cfg.model, self.onnx_dir, self.threads)
+                try:
+                    self._runner = _OnnxRunner(self._st, self.cfg.model, self.onnx_dir,
+                                               self.threads)
+                except (OSError, RuntimeError) as e:
+                    if self.cfg.backend == "onnx":
+                        raise
+                    # auto: an export that cannot be written (read-only dir) costs speed only
+                    log.warning("ONNX backend unavailable (%s); encoding with torch", e)
+                    self._onnx_failed = True
             self.stats["load_s"] += time.perf_counter() - t0
         if self._runner is not None:
             return self._runner
@@ -288,7 +293,7 @@ class TextEmbedder:
         run = self._encode_batch()
         t0 = time.perf_counter()
         out: np.ndarray | None = None
-        with _torch_threads(self.cfg.threads), tqdm(total=len(texts), desc="embed", unit="text",
+        with torch_threads(self.threads), tqdm(total=len(texts), desc="embed", unit="text",
                                                     disable=not progress) as bar:
             for rows, feats in token_batches(self._st, texts, self.cfg.batch_size):
                 vecs = run(feats)

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leadre_model.config import RQVAEConfig
+from leadre_model.index.cpu import resolve_threads, torch_threads
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -177,6 +178,11 @@ def train_rqvae(x: np.ndarray, cfg: RQVAEConfig, progress: bool = True) -> tuple
     """Train on embeddings ``x`` (N, D) with the paper's loss; deterministic for a seed."""
     if len(x) < 2:
         raise ValueError("need at least 2 ads to train the RQ-VAE")
+    with torch_threads(resolve_threads(cfg.threads)):
+        return _train(x, cfg, progress)
+
+
+def _train(x: np.ndarray, cfg: RQVAEConfig, progress: bool) -> tuple[RQVAE, TrainLog]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

@@ -120,3 +120,13 @@ def test_auto_backend_picks_the_fastest_path_that_keeps_the_embeddings():
     assert TextEmbedder(EmbedConfig(precision="bf16")).backend == "torch"
     assert TextEmbedder(EmbedConfig(precision="fp32")).backend == "onnx"
     assert TextEmbedder(EmbedConfig(backend="torch", precision="fp32")).backend == "torch"
+
+
+def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a directory")
+    auto = TextEmbedder(EmbedConfig(precision="fp32"), onnx_dir=blocked / "onnx")
+    assert auto.embed(["a lamp"], progress=False).shape == (1, 384)
+    assert auto.backend == "torch" and auto.stats["backend"] == "torch"
+    with pytest.raises(OSError):
+        TextEmbedder(ONNX, onnx_dir=blocked / "onnx").embed(["a lamp"], progress=False)
