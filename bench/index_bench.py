@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--trie-ads", type=int, default=1_000_000, help="0 skips the trie figures")
     ap.add_argument("--backend", choices=["auto", "torch", "onnx"], default=EmbedConfig().backend,
                     help="encoder backend of the builds")
-    ap.add_argument("--threads", type=int, default=0, help="encoder threads (0: one per core)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="encoder threads (0: one per core the other processes leave idle)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(".leadre_cache/bench_embeddings.npz"),
                     help="embedding cache of the timed build (emptied first; table5 reuses it)")
@@ -127,9 +128,12 @@ def main() -> None:
             print(f"{name}_embed_load_s: {e['load_s']:.1f}")
             print(f"{name}_embed_encode_s: {e['encode_s']:.1f}")
             print(f"{name}_texts_per_s: {e['encoded'] / max(e['encode_s'], 1e-9):.1f}")
+            used = ",".join(f"{n}x{k}" for n, k in sorted(e["threads_used"].items()))
+            print(f"{name}_encoder_threads_x_texts: {used}")
             log = stats["train_log"]
             print(f"{name}_rqvae_epochs: {log['epochs_run']}")
             print(f"{name}_rqvae_converged_epoch: {log['converged_epoch']}")
+            print(f"{name}_rqvae_mean_threads: {np.mean(log['threads']):.2f}")
             sys.stdout.flush()
     if args.trie_ads:
         bench = Path(__file__).with_name("trie_bench.py")

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from leadre_model.config import DEFAULT_ENCODER, EmbedConfig
 from leadre_model.data.store import atomic_path
 from leadre_model.errors import UsageError
-from leadre_model.index.cpu import resolve_threads, torch_threads
+from leadre_model.index.cpu import FreeCores, torch_threads
 from leadre_model.index.text import text_hash
 
 log = logging.getLogger(__name__)
@@ -182,26 +182,36 @@ def export_onnx(st: Any, out: Path) -> None:
 
 class _OnnxRunner:
     def __init__(self, st: Any, model: str, onnx_dir: Path, threads: int) -> None:
-        ort = _require("onnxruntime")
+        self.ort = _require("onnxruntime")
         path = onnx_export_path(model, onnx_dir)
         fresh = not path.exists()
         if fresh:
             export_onnx(st, path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle threads sleep instead of spinning: on 2 shared cores spinning took CPU from
-        # the threads doing the work (measured 1.17× faster without it under load).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
         self.path = path
+        self._sessions: dict[int, Any] = {}
+        self.threads = threads
+        self.inputs = [i.name for i in self._session(threads).get_inputs()]
         if fresh:
             self._check_against_torch(st)
 
+    def _session(self, threads: int) -> Any:
+        """One session per thread count (ONNX Runtime fixes it when a session is made)."""
+        if threads not in self._sessions:
+            ort = self.ort
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            # Idle threads sleep instead of spinning: on 2 shared cores spinning took CPU
+            # from the threads doing the work (measured 1.17× faster without it under load).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._sessions[threads] = ort.InferenceSession(
+                str(self.path), opts, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
     def __call__(self, feats: dict[str, Any]) -> np.ndarray:
-        return self.session.run(None, {n: feats[n].numpy() for n in self.inputs})[0]
+        session = self._session(self.threads)
+        return session.run(None, {n: feats[n].numpy() for n in self.inputs})[0]
 
     def _check_against_torch(self, st: Any) -> None:
         """A new export must reproduce the torch model, else it is removed, not used."""
@@ -226,7 +236,7 @@ class TextEmbedder:
         self._st = None
         self._runner = None
         self._onnx_failed = False
-        self._threads: int | None = None
+        self._cores = FreeCores(cfg.threads)
         self.encoded = 0  # texts actually run through the encoder (not served from cache)
         self.stats: dict[str, Any] = {"requested": 0, "encoded": 0, "cached": 0,
                                       "duplicates": 0, "load_s": 0.0, "encode_s": 0.0}
@@ -255,10 +265,8 @@ class TextEmbedder:
 
     @property
     def threads(self) -> int:
-        """Encoder threads: ``cfg.threads``, or one per core free when first asked."""
-        if self._threads is None:
-            self._threads = resolve_threads(self.cfg.threads)
-        return self._threads
+        """Encoder threads now: ``cfg.threads``, or one per core the others leave idle."""
+        return self._cores()
 
     def _encode_batch(self) -> Any:
         """The batch → (B, D) function of the configured backend (loaded on first use)."""
@@ -293,9 +301,16 @@ class TextEmbedder:
         run = self._encode_batch()
         t0 = time.perf_counter()
         out: np.ndarray | None = None
+        used = self.stats.setdefault("threads_used", {})
         with torch_threads(self.threads), tqdm(total=len(texts), desc="embed", unit="text",
-                                                    disable=not progress) as bar:
+                                               disable=not progress) as bar:
             for rows, feats in token_batches(self._st, texts, self.cfg.batch_size):
+                threads = self.threads  # follows the other processes' load
+                if self._runner is not None:
+                    self._runner.threads = threads
+                else:
+                    torch.set_num_threads(threads)
+                used[str(threads)] = used.get(str(threads), 0) + len(rows)
                 vecs = run(feats)
                 if out is None:
                     out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
@@ -327,8 +342,7 @@ class TextEmbedder:
             self.encoded += len(missing)
             self.stats["encoded"] += len(missing)
             self.cache.save()
-        self.stats.update(backend=self.backend, precision=self.precision,
-                          threads=self.threads)
+        self.stats.update(backend=self.backend, precision=self.precision)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.cache.get(k) for k in keys]).astype(np.float32)

@@ -189,8 +189,10 @@ def _training_lines(fig: dict[str, Any]) -> list[str]:
         lines += [f"RQ-VAE: {fig['rqvae_stop_reason']}.", ""]
     emb = fig.get("embedding") or {}
     if emb.get("backend"):
-        lines += [(f"Embeddings: backend {emb['backend']}, {emb['precision']}, "
-                   f"{emb['threads']} threads; {emb['encoded']:,} texts encoded in "
-                   f"{emb['encode_s']:.1f} s, {emb['cached']:,} from the cache, "
+        threads = ", ".join(f"{n} thread(s) {k:,}" for n, k in
+                            sorted(emb.get("threads_used", {}).items()))
+        lines += [(f"Embeddings: backend {emb['backend']}, {emb['precision']}; "
+                   f"{emb['encoded']:,} texts encoded in {emb['encode_s']:.1f} s "
+                   f"({threads or 'none'}), {emb['cached']:,} from the cache, "
                    f"{emb['duplicates']:,} duplicates."), ""]
     return lines

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leadre_model.config import RQVAEConfig
-from leadre_model.index.cpu import resolve_threads, torch_threads
+from leadre_model.index.cpu import FreeCores, torch_threads
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -132,6 +132,7 @@ class TrainLog:
     quant: list[float] = field(default_factory=list)
     usage: list[list[float]] = field(default_factory=list)  # per epoch, per level
     reseeded: int = 0
+    threads: list[int] = field(default_factory=list)  # torch threads per epoch
     epochs_run: int = 0
     converged_epoch: int | None = None  # 1-based epoch where the early-stop rule fired
     stop_reason: str = ""
@@ -178,11 +179,13 @@ def train_rqvae(x: np.ndarray, cfg: RQVAEConfig, progress: bool = True) -> tuple
     """Train on embeddings ``x`` (N, D) with the paper's loss; deterministic for a seed."""
     if len(x) < 2:
         raise ValueError("need at least 2 ads to train the RQ-VAE")
-    with torch_threads(resolve_threads(cfg.threads)):
-        return _train(x, cfg, progress)
+    threads = FreeCores(cfg.threads)
+    with torch_threads(threads()):
+        return _train(x, cfg, progress, threads)
 
 
-def _train(x: np.ndarray, cfg: RQVAEConfig, progress: bool) -> tuple[RQVAE, TrainLog]:
+def _train(x: np.ndarray, cfg: RQVAEConfig, progress: bool,
+           threads: FreeCores) -> tuple[RQVAE, TrainLog]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -200,6 +203,8 @@ def _train(x: np.ndarray, cfg: RQVAEConfig, progress: bool) -> tuple[RQVAE, Trai
     for epoch in range(cfg.epochs):
         if epoch >= end:
             break
+        log.threads.append(threads())  # follows the other processes' load
+        torch.set_num_threads(log.threads[-1])
         model.train()
         counts = torch.zeros(cfg.levels, cfg.codebook_size)
         tot = rec = qua = 0.0
