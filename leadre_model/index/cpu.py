@@ -41,7 +41,8 @@ class FreeCores:
 
     def __init__(self, fixed: int = 0) -> None:
         self.fixed = fixed
-        self.usable = len(os.sched_getaffinity(0))
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+        self.usable = len(affinity(0)) if affinity else os.cpu_count() or 1
         self.online = os.cpu_count() or self.usable
         self._last = None if fixed else self._sample()
         self._answer: int | None = None
