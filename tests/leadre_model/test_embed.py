@@ -114,19 +114,16 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
     assert TextEmbedder(EmbedConfig(backend="auto", precision="fp32")).backend == "torch"
 
 
-def test_auto_backend_picks_the_fastest_path_that_keeps_the_embeddings():
-    # bf16 autocast (precision auto on a CPU with native bf16, or bf16) is faster than both
-    # fp32 paths; in fp32 the ONNX graph is faster, with the same embeddings (see above).
+def test_auto_backend_is_torch_and_onnx_is_opt_in():
+    # measured on an idle 2-core machine: the ONNX graph at 0.83x torch fp32 (index_bench)
     assert TextEmbedder(EmbedConfig(precision="bf16")).backend == "torch"
-    assert TextEmbedder(EmbedConfig(precision="fp32")).backend == "onnx"
+    assert TextEmbedder(EmbedConfig(precision="fp32")).backend == "torch"
+    assert TextEmbedder(ONNX).backend == "onnx"
     assert TextEmbedder(EmbedConfig(backend="torch", precision="fp32")).backend == "torch"
 
 
-def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tmp_path):
+def test_onnx_export_that_cannot_be_written_is_an_error(tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a directory")
-    auto = TextEmbedder(EmbedConfig(precision="fp32"), onnx_dir=blocked / "onnx")
-    assert auto.embed(["a lamp"], progress=False).shape == (1, 384)
-    assert auto.backend == "torch" and auto.stats["backend"] == "torch"
     with pytest.raises(OSError):
         TextEmbedder(ONNX, onnx_dir=blocked / "onnx").embed(["a lamp"], progress=False)
