@@ -184,7 +184,7 @@ def train(
     world: Path = typer.Option(..., help="world directory"),
     index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
     out: Path = typer.Option(..., help="model directory to write"),
-    preset: str = typer.Option("cpu", help="cpu | demo | bench | text-small | tiny | experiment "
+    preset: str = typer.Option("cpu", help="cpu | cpu-90m | demo | bench | text-small | tiny | experiment "
                                "| paper (README: which preset to pick)"),
     curriculum: str | None = typer.Option(
         None, help="e.g. lm>ex>im>main, ex>im>main, main+im+ex, main (lm: language modelling "
