@@ -21,6 +21,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from leadre_model.config import _Config
+from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.retriever import SidRetriever
@@ -44,7 +45,8 @@ class SidValidator:
                  cfg: ValidationConfig, trie: SidTrie | None = None) -> None:
         """``trie``: the index's (built from it when not given)."""
         if not samples:
-            raise ValueError("no validation samples")
+            raise BadInputError("no validation samples: the world has no user with a "
+                                "validation target")
         self.index, self.cfg = index, cfg
         self.prompts = [s["prompt"] for s in samples]
         self.targets = [s["target_ad"] for s in samples]
@@ -70,9 +72,7 @@ class BestOnValidation(TrainerCallback):
                  tokenizer: PreTrainedTokenizerBase) -> None:
         self.validator, self.cfg, self.tokenizer = validator, cfg, tokenizer
         self.history: list[dict[str, float]] = []
-        self.best: float = -1.0
-        self.best_epoch: float = 0.0
-        self.best_round = -1
+        self.best_round = -1  # index into history; the best score and epoch are read there
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_by = "epochs"
         self._next = cfg.every_epochs
@@ -82,9 +82,12 @@ class BestOnValidation(TrainerCallback):
         score = self.validator(model, self.tokenizer)
         self.history.append({"epoch": round(epoch, 3), f"valid_recall@{self.cfg.k}": score,
                              "elapsed_s": round(time.perf_counter() - self._t0, 1)})
-        if score > self.best:
-            self.best, self.best_epoch, self.best_round = score, epoch, len(self.history) - 1
+        if self.best_round < 0 or score > self._score(self.history[self.best_round]):
+            self.best_round = len(self.history) - 1
             self.best_state = copy.deepcopy(model.state_dict())
+
+    def _score(self, round_: dict[str, float]) -> float:
+        return round_[f"valid_recall@{self.cfg.k}"]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._t0 = time.perf_counter()
@@ -112,6 +115,8 @@ class BestOnValidation(TrainerCallback):
             model.load_state_dict(self.best_state)
 
     def summary(self) -> dict[str, Any]:
-        return {"best_epoch": round(self.best_epoch, 3), f"best_recall@{self.cfg.k}": self.best,
+        best = self.history[self.best_round] if self.history else {}
+        return {"best_epoch": best.get("epoch", 0.0),
+                f"best_recall@{self.cfg.k}": self._score(best) if best else -1.0,
                 "stopped_by": self.stopped_by, "rounds": self.history,
                 "users": len(self.validator.targets)}
