@@ -117,18 +117,29 @@ def index_build(
     template: str | None = typer.Option(None, help="ad text template with {name} etc."),
     cache: Path | None = typer.Option(Path(".leadre_cache/embeddings.npz"),
                                       help="embedding cache file (by text hash)"),
+    collab_weight: float = typer.Option(
+        0.0, min=0.0, max=0.95,
+        help="share of the RQ-VAE input given to a collaborative item embedding learnt from "
+        "the users' training targets (0: S-IDs from text alone; see README 'Collaborative "
+        "S-IDs' for what it costs new ads)"),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True),
 ) -> None:
     """Embed ad texts, train the RQ-VAE, assign unique S-IDs and build the trie."""
+    from leadre_model.config import CollabConfig
+    from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
     from leadre_model.index.build import build_index
 
     ads = load_ads(world)
     cfg = _index_config(len(ads), preset, levels, codebook_size, code_dim, epochs, encoder,
                         template, seed)
+    cfg = cfg.model_copy(update={"collab": CollabConfig(weight=collab_weight)})
+    sequences = None
+    if collab_weight > 0:
+        sequences = train_item_sequences(world, {a.ad_id: i for i, a in enumerate(ads)})
     t0 = time.perf_counter()
-    index = build_index(ads, out, cfg, cache_path=cache, progress=progress)
+    index = build_index(ads, out, cfg, cache_path=cache, progress=progress, sequences=sequences)
     print_index_built(index, out, time.perf_counter() - t0)
 
 

@@ -97,10 +97,29 @@ class RQVAEConfig(_Config):
     seed: int = 0
 
 
+class CollabConfig(_Config):
+    """Collaborative part of the RQ-VAE input (``index/collab.py``); weight 0 = text only."""
+
+    weight: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="share of the RQ-VAE input's squared norm given to the collaborative "
+        "embedding (0: S-IDs from text alone, the paper's setting)",
+    )
+    dim: int = Field(default=64, ge=2, le=1024, description="SVD rank of the embedding")
+    window: int = Field(default=3, ge=1, description="items up to this far apart co-occur")
+    shrink: float = Field(
+        default=5.0, ge=0,
+        description="an ad seen n times takes n/(n+shrink) of its own vector, the rest "
+        "predicted from its text",
+    )
+    ridge: float = Field(default=1.0, gt=0, description="L2 of the text → collaborative map")
+
+
 class IndexConfig(_Config):
     text: TextConfig = Field(default_factory=TextConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
+    collab: CollabConfig = Field(default_factory=CollabConfig)
 
 
 # Codebooks much larger than the catalog leave most codes unused by construction; these

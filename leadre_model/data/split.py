@@ -15,7 +15,7 @@ It stays in the history of later targets. ``merge_conversions=False`` counts eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -153,3 +153,16 @@ __all__ = [
     "leave_one_out",
     "target_indices",
 ]
+
+
+def train_item_sequences(
+    world: Path, row_of: Mapping[str, int], merge_conversions: bool = True
+) -> list[list[int]]:
+    """Every user's *training* targets (never validation or test) as rows of ``row_of``,
+    in time order: what index-side models (collaborative S-IDs) may learn from without
+    seeing a held-out target. Targets outside ``row_of`` are skipped."""
+    out: list[list[int]] = []
+    for h in iter_user_histories(world, positive_only=True):
+        ids = (h.behaviors[i].item_id for i in leave_one_out(h, merge_conversions).train_targets)
+        out.append([row_of[a] for a in ids if a in row_of])
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 from leadre_model.config import IndexConfig
 from leadre_model.data.records import Ad, AdStatus
 from leadre_model.errors import BadInputError
+from leadre_model.index.collab import CollabEmbedding, fit_collab, fuse
 from leadre_model.index.embed import TextEmbedder
 from leadre_model.index.live import CatalogEvent, CatalogOp, LiveIndex
 from leadre_model.index.rqvae import RQVAE, train_rqvae
@@ -59,21 +60,35 @@ def build_index(
     cfg: IndexConfig,
     cache_path: Path | None = None,
     progress: bool = True,
+    sequences: Sequence[Sequence[int]] | None = None,
 ) -> SidIndex:
+    """``sequences``: users' training item sequences as rows of ``ads``, needed when
+    ``cfg.collab.weight`` > 0 (collaborative S-IDs, ``index/collab.py``)."""
     if len(ads) < 2:
         raise BadInputError("the catalog needs at least 2 ads to build an index")
+    if cfg.collab.weight > 0 and sequences is None:
+        raise BadInputError("collaborative S-IDs (collab weight > 0) need the users' "
+                            "training sequences: build the index from a world")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     embedder = TextEmbedder(cfg.embed, cache_path)
     emb = embedder.embed([_text(a, cfg) for a in ads], progress=progress)
     timings["embed_s"] = time.perf_counter() - t0
 
+    collab: CollabEmbedding | None = None
+    rq_input = emb
+    if cfg.collab.weight > 0:
+        t0 = time.perf_counter()
+        collab = fit_collab(emb, sequences or [], cfg.collab, cfg.rqvae.seed)
+        rq_input = fuse(emb, collab.vectors, cfg.collab.weight)
+        timings["collab_s"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    model, log = train_rqvae(emb, cfg.rqvae, progress=progress)
+    model, log = train_rqvae(rq_input, cfg.rqvae, progress=progress)
     timings["rqvae_train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    codes_m, assign_stats = _assign(model, emb, cfg.rqvae.balance_last_level)
+    codes_m, assign_stats = _assign(model, rq_input, cfg.rqvae.balance_last_level)
     codes = add_disambiguation(codes_m)
     timings["assign_s"] = time.perf_counter() - t0
 
@@ -96,8 +111,11 @@ def build_index(
         "timings": timings,
         "train_log": asdict(log),
     }
+    if collab is not None:
+        index.stats["collab"] = {"ads_with_traffic": int((collab.counts > 0).sum()),
+                                 "weight": cfg.collab.weight}
     t0 = time.perf_counter()
-    save_index(out, index, model, emb, trie)
+    save_index(out, index, model, emb, trie, collab)
     timings["save_s"] = time.perf_counter() - t0
     return index
 
@@ -120,6 +138,7 @@ def add_ads(
     index = live.index
     model = load_rqvae(index_dir)
     old_emb = load_embeddings(index_dir)
+    collab = CollabEmbedding.load(index_dir) if index.config.collab.weight > 0 else None
     fresh = [a for a in new_ads if a.ad_id not in index]
     status = live.apply([CatalogEvent(op=CatalogOp.RESUME if a.status is AdStatus.ACTIVE
                                       else CatalogOp.PAUSE, ad_id=a.ad_id)
@@ -133,13 +152,17 @@ def add_ads(
         emb = embedder.embed([_text(a, index.config) for a in fresh], progress=progress)
         figures["embedded"] = embedder.encoded
         figures["from_cache"] = len(fresh) - embedder.encoded
+        rq_input = emb
+        if collab is not None:  # no traffic yet: the collaborative part comes from the text
+            rq_input = fuse(emb, collab.extend(emb), index.config.collab.weight)
         codes_m, _ = _assign(
-            model, emb, index.config.rqvae.balance_last_level, frozen_codes=index.codes[:, :-1]
+            model, rq_input, index.config.rqvae.balance_last_level,
+            frozen_codes=index.codes[:, :-1]
         )
         new_codes = add_disambiguation(codes_m[len(index):], existing=index.codes)
         live.add([a.ad_id for a in fresh], new_codes,
                  active=np.array([a.status is AdStatus.ACTIVE for a in fresh]))
         index.stats = {**index.stats, "added": index.stats.get("added", 0) + len(fresh)}
         old_emb = np.concatenate([old_emb, emb])
-    save_index(index_dir, index, model, old_emb, live.trie)
+    save_index(index_dir, index, model, old_emb, live.trie, collab)
     return index, [a.ad_id for a in fresh]

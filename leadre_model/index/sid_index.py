@@ -7,6 +7,7 @@ Layout of an index directory (written to a temp dir, then renamed into place)::
     rqvae.safetensors  RQ-VAE weights (no pickle), with rqvae config in index.json
     trie.npz           the compact trie (numpy arrays only)
     embeddings.npy     float16 ad-text embeddings (report, ranking features)
+    collab.npz         collaborative vectors + text→collab map (only with collab weight > 0)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from leadre_model.config import IndexConfig
 from leadre_model.data.store import atomic_dir
 from leadre_model.errors import BadInputError
+from leadre_model.index.collab import CollabEmbedding
 from leadre_model.index.rqvae import RQVAE
 from leadre_model.index.sids import sid_tokens
 from leadre_model.index.trie import SidTrie
@@ -104,6 +106,7 @@ def save_index(
     model: RQVAE,
     embeddings: np.ndarray,
     trie: SidTrie | None = None,
+    collab: CollabEmbedding | None = None,
 ) -> None:
     """Write every file into a fresh temp dir, then swap it in: readers never see a mix."""
     with atomic_dir(Path(out)) as tmp:
@@ -116,6 +119,8 @@ def save_index(
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "rqvae.safetensors")
         np.save(tmp / "embeddings.npy", embeddings.astype(np.float16), allow_pickle=False)
         (trie or index.build_trie()).save(tmp / "trie.npz")
+        if collab is not None:
+            collab.save(tmp)
         meta = {
             "format_version": FORMAT_VERSION,
             "num_ads": len(index),
