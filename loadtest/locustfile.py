@@ -31,6 +31,7 @@ import redis
 from locust import HttpUser, User, between, events, task
 from locust.env import Environment
 
+from services.common import keys
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.redis_client import redis_client
@@ -72,8 +73,8 @@ def _load_users(environment: Environment, **_: Any) -> None:
     url = settings.redis_url
     try:
         r = redis_client(settings)
-        known = list(r.smembers("leadre:users"))
-        ADS = list(r.hrandfield("leadre:ads", 2000) or ADS)  # type: ignore[arg-type]
+        known = list(r.smembers(keys.USERS))
+        ADS = list(r.hrandfield(keys.ADS, 2000) or ADS)  # type: ignore[arg-type]
     except redis.RedisError as exc:
         print(f"loadtest: no user ids from {url} ({exc}); every id is unknown")
         known = []

@@ -39,7 +39,8 @@ OUT_ADS, OUT_SCORES = "ad_ids", "scores"
 OUT_ADVERTISERS, OUT_ADV_SCORES, OUT_VERSION = "advertiser_ids", "advertiser_scores", "model_version"
 
 # --- Redis keys ---------------------------------------------------------------------------
-CATALOG_STREAM = "leadre:catalog"  # CatalogEvent entries; every inference instance applies them
+CATALOG_STREAM = "leadre:{ads}:catalog"  # CatalogEvent entries (appended in one MULTI with
+# the acks of leadre:{ads}:updates, hence the tag); every inference instance applies them
 INSTANCES_KEY = "leadre:inference:instances"  # hash url -> last heartbeat (unix seconds)
 BALANCE_COUNTER = "leadre:inference:rr"  # global round-robin counter (INCR)
 

@@ -1,36 +1,42 @@
 """Redis key schema of the online and nearline services (the inference service's keys are
 in :mod:`services.common.contracts`).
 
-Per-user keys carry the user id in a hash tag (``{u0001}``), so every key of one user lands
-in the same Redis Cluster slot and the Lua scripts that touch several of them stay legal.
+Redis Cluster: every transaction, Lua script and multi-key command stays in one hash slot.
+Per-user keys carry the user id in a hash tag (``{u0001}``): a user's keys share a slot and
+the users spread over the shards. The catalog keys share the tag ``{ads}`` (UpdateAds writes
+the ad, its fallback rankings, the update event and the catalog version in one MULTI; the
+catalog applier acks updates and appends catalog events in one MULTI). The behaviour stream
+and its dead letters share ``{behaviors}`` (a dead letter is appended and acked in one
+MULTI): the stream, its consumer group and its pending entries live on the shard that owns
+that slot (README, "Redis Cluster"). Other keys are only read or written one at a time.
 """
 
 from __future__ import annotations
 
 # Streams
-BEHAVIOR_STREAM = "leadre:behaviors"  # one entry per recorded behaviour (BehaviorEvent)
-BEHAVIOR_DEAD = "leadre:behaviors:dead"  # malformed behaviour events, with the reason
-AD_UPDATES_STREAM = "leadre:ads:updates"  # ads created or whose status changed (AdUpdateEvent)
-AD_UPDATES_DEAD = "leadre:ads:updates:dead"
+BEHAVIOR_STREAM = "leadre:{behaviors}"  # one entry per recorded behaviour (BehaviorEvent)
+BEHAVIOR_DEAD = "leadre:{behaviors}:dead"  # malformed behaviour events, with the reason
+AD_UPDATES_STREAM = "leadre:{ads}:updates"  # ads created or whose status changed (AdUpdateEvent)
+AD_UPDATES_DEAD = "leadre:{ads}:updates:dead"
 WORKER_GROUP = "nearline"  # consumer group of the workers on BEHAVIOR_STREAM
 CATALOG_GROUP = "catalog"  # consumer group of the catalog applier on AD_UPDATES_STREAM
 
 # Catalog state (written by `leadre serve seed` and UpdateAds)
-ADS = "leadre:ads"  # hash ad_id -> Ad JSON
-AD_CATEGORY = "leadre:ads:category"  # hash ad_id -> category_l2 (fallback lookups)
-AD_CLICKS = "leadre:ads:clicks"  # hash ad_id -> positive ad events counted at seed (popularity)
-CATALOG_VERSION = "leadre:ads:version"  # bumped by every ad write (user servers' hot caches)
+ADS = "leadre:{ads}"  # hash ad_id -> Ad JSON
+AD_CATEGORY = "leadre:{ads}:category"  # hash ad_id -> category_l2 (fallback lookups)
+AD_CLICKS = "leadre:{ads}:clicks"  # hash ad_id -> positive ad events counted at seed (popularity)
+CATALOG_VERSION = "leadre:{ads}:version"  # bumped by every ad write (user servers' hot caches)
 CONTENT = "leadre:content"  # hash content_id -> ContentItem JSON
 CONTENT_CATEGORY = "leadre:content:category"  # hash content_id -> category
 TIER_BOUNDS = "leadre:tiers:bounds"  # JSON list of the 24 ARPU cut points between 25 tiers
-FALLBACK_GLOBAL = "leadre:fallback:global"  # zset ad_id -> eCPM x popularity
+FALLBACK_GLOBAL = "leadre:{ads}:fallback:global"  # zset ad_id -> eCPM x popularity
 USERS = "leadre:users"  # set of user ids with a profile (daily export)
 CATALOG_LOCK = "leadre:catalog:lock"  # one applier at a time adds ads to the live index
 
 
 def fallback_key(category: str) -> str:
     """zset ad_id -> eCPM x popularity of the active ads of one second-level category."""
-    return f"leadre:fallback:cat:{category}"
+    return f"leadre:{{ads}}:fallback:cat:{category}"
 
 
 def user_key(user_id: str, part: str) -> str:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
                           description="comma-separated mixer API keys; '' = no authentication")
     redis_password: SecretStr | None = Field(default=None, description="AUTH password")
     redis_tls_ca: str | None = Field(default=None, description="CA file for rediss:// URLs")
+    redis_cluster: bool = Field(default=False, description="redis_url is a node of a Redis "
+                                "Cluster (db 0): clients are RedisCluster")
+    redis_cluster_nodes: str = Field(default="", pattern=r"^([^\s,:]+:\d+(,[^\s,:]+:\d+)*)?$",
+                                     description="more startup nodes host:port,… (cluster)")
     grpc_tls_cert: str | None = Field(default=None, description="server cert (PEM): TLS on")
     grpc_tls_key: str | None = Field(default=None, description="server key (PEM)")
     grpc_tls_ca: str | None = Field(default=None, description="CA the mixer trusts (user server)")

@@ -23,7 +23,7 @@ from leadre_model.data.records import (
 from services.common import keys
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
 from services.common.listcodec import StoredList, decode_list
-from services.common.redis_client import async_redis_client
+from services.common.redis_client import async_redis_client, is_cluster, mget
 from services.common.settings import Settings
 from services.common.userstate import (
     RECORD_LUA,
@@ -213,16 +213,19 @@ class UserStore:
         """Add each behaviour to its user's history and append one stream event for each
         new one; returns the event ids ("" for a behaviour recorded before)."""
         users = sorted({b.user_id for b in behaviors})
-        profiles = await self.r.mget([keys.user_key(u, "profile") for u in users])
+        profiles = await mget(self.r, [keys.user_key(u, "profile") for u in users])
         bounds = await self.tier_bounds()
         tier = {u: tier_of(User.model_validate_json(p).arpu if p else 0.0, bounds)
                 for u, p in zip(users, profiles)}
         window = self.s.history_window_days * 86_400
         pipe = self.r.pipeline(transaction=False)
         for b in behaviors:
-            await self._record(keys=[keys.user_key(b.user_id, "hist"), keys.user_key(b.user_id, "seq")],
-                               args=[behavior_member(b), b.ts, window, self.s.history_max],
-                               client=pipe)
+            user_keys = [keys.user_key(b.user_id, "hist"), keys.user_key(b.user_id, "seq")]
+            args = [behavior_member(b), b.ts, window, self.s.history_max]
+            if is_cluster(pipe):  # a cluster pipeline loads no script: EVAL, not EVALSHA
+                pipe.eval(RECORD_LUA, len(user_keys), *user_keys, *args)
+            else:
+                await self._record(keys=user_keys, args=args, client=pipe)
         results = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         added = []

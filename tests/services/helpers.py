@@ -266,3 +266,27 @@ class VersionSampler:
                         self.decreases.append((u, key, before, v))
                     self.last[(u, key)] = max(v, before)
             self.samples += 1
+
+
+def retrieve_via_mixer(bg: BackgroundLoop, settings: Settings, user_server: str, index_dir: Path,
+                       users: dict[str, list[str]], k: int) -> dict[str, list[dict[str, Any]]]:
+    """``POST /v1/retrieve`` for ``users[source]`` through a real Mixer (uvicorn on ``bg``)
+    per list source (``redis``: its own store; ``grpc``: through ``user_server``), each
+    after its ``/readyz`` answered 200. Returns the answers per source."""
+    import httpx
+
+    from services.mixer.server import start_mixer
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for source, ids in users.items():
+        s = settings.model_copy(update={"user_server_addr": user_server,
+                                        "mixer_list_source": source})
+        proc, _ = bg.run(start_mixer(s, lambda: index_dir, http_port=0, grpc_port=0))
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{proc.http_port}", timeout=10) as http:
+                assert http.get("/readyz").status_code == 200, source
+                out[source] = [http.post("/v1/retrieve", json={"user_id": u, "k": k}).json()
+                               for u in ids]
+        finally:
+            bg.run(proc.stop(0.5))
+    return out

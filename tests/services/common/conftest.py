@@ -2,7 +2,8 @@
 127.0.0.1 / localhost made with the ``openssl`` CLI, and ``redis-server --port 0
 --tls-port P`` with ``requirepass`` (no plain-text port, clients need no certificate of
 their own). Tests that need a TLS-capable ``redis-server`` are skipped, with the reason,
-where it is missing or built without TLS."""
+where it is missing or built without TLS. And a local Redis Cluster (``cluster.py``): 3 masters
++ 3 replicas on loopback ports, for the session."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from services.launcher import free_port
+from tests.services.common.cluster import LocalCluster
 
 SERVER_EXT = """basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
@@ -99,3 +101,18 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of 3 masters + 3 replicas with a password, for the session; stopped
+    at the end."""
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"Redis Cluster tests need `{tool}` on PATH")
+    d = tmp_path_factory.mktemp("redis-cluster")
+    cluster = LocalCluster(d, password="pw-cluster-" + d.name)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 import redis
 from rich.console import Console
@@ -44,7 +43,7 @@ from services.launcher import LocalStack, free_port_block, require_redis, settin
 from services.replay import post_behaviors
 from services.user_server.seed import seed_world
 from tests.services.common.conftest import TlsRedis
-from tests.services.helpers import BackgroundLoop, StandInClient, wait_until
+from tests.services.helpers import BackgroundLoop, StandInClient, retrieve_via_mixer, wait_until
 
 
 @pytest.fixture
@@ -117,7 +116,6 @@ def test_plain_text_unverified_and_unauthenticated_clients_are_refused(
 def test_user_server_worker_and_mixer_over_tls(
         settings: Settings, rds: redis.Redis, bg: BackgroundLoop, user_server: str,
         standins: dict[str, StandInClient], version_dir: Path, svc_world) -> None:
-    from services.mixer.server import start_mixer
     from services.nearline.worker import NearlineWorker
 
     seed_world(rds, svc_world[0], settings)
@@ -145,16 +143,9 @@ def test_user_server_worker_and_mixer_over_tls(
     assert all(stub.GetList(pb.GetListRequest(user_id=u)).hit for u in users)
 
     # Mixer: lists read in process (its own UserStore) and through the user server.
-    for source in ("redis", "grpc"):
-        s = settings.model_copy(update={"user_server_addr": user_server,
-                                        "mixer_list_source": source})
-        proc, _ = bg.run(start_mixer(s, lambda: svc_world[1], http_port=0, grpc_port=0))
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{proc.http_port}", timeout=10) as http:
-                assert http.get("/readyz").status_code == 200
-                got = http.post("/v1/retrieve", json={"user_id": users[0], "k": 5}).json()
-        finally:
-            bg.run(proc.stop(0.5))
+    served = retrieve_via_mixer(bg, settings, user_server, svc_world[1],
+                                {"redis": users[:1], "grpc": users[:1]}, k=5)
+    for source, (got,) in served.items():
         assert got["list_hit"] and got["model_version"] == "standin", (source, got)
         assert len(got["ads"]) == 5
 
