@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, preset_for
 from leadre_model.data.synth import synth_ad_records
 from leadre_model.index.build import build_index
-from leadre_model.index.embed import TextEmbedder
+from leadre_model.index.embed import EmbedConfig, TextEmbedder
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig
 from leadre_model.index.text import ad_text
 
 

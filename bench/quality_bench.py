@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.eval import metrics as M
@@ -49,7 +48,8 @@ from leadre_model.eval.new_ads import (
     pick_new_ads,
 )
 from leadre_model.index.build import add_ads, build_index
-from leadre_model.index.sid_index import load_index
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig, load_index
 from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
 
 WORLD = SynthConfig(n_users=1000, n_ads=1000, n_content=1500, seed=0)

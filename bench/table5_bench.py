@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from leadre_model.config import IndexConfig, RQVAEConfig
 from leadre_model.data.synth import synth_ad_records
 from leadre_model.index.build import build_index
+from leadre_model.index.rqvae import RQVAEConfig
+from leadre_model.index.sid_index import IndexConfig
 
 CONFIGS = [(3, 256), (3, 512), (3, 1024), (4, 256), (4, 1024)]
 

@@ -14,11 +14,12 @@ from leadre_model.clikit import console, print_counts
 
 
 def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0) -> None:
-    from leadre_model.config import PRESETS, IndexConfig, preset_for
     from leadre_model.data.store import load_ads
     from leadre_model.data.synth import SynthConfig, generate_world
     from leadre_model.index.build import build_index
     from leadre_model.index.report import build_report
+    from leadre_model.index.rqvae import PRESETS, preset_for
+    from leadre_model.index.sid_index import IndexConfig
     from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
     from services.demo_live import run_live_demo
 

@@ -17,8 +17,11 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from leadre_model.clikit import console, friendly, print_counts
-from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, TextConfig, preset_for
 from leadre_model.errors import UsageError
+from leadre_model.index.embed import EmbedConfig
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig
+from leadre_model.index.text import TextConfig
 
 if TYPE_CHECKING:
     from leadre_model.index.sid_index import SidIndex
@@ -126,10 +129,10 @@ def index_build(
     progress: bool = typer.Option(True),
 ) -> None:
     """Embed ad texts, train the RQ-VAE, assign unique S-IDs and build the trie."""
-    from leadre_model.config import CollabConfig
     from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
     from leadre_model.index.build import build_index
+    from leadre_model.index.collab import CollabConfig
 
     ads = load_ads(world)
     cfg = _index_config(len(ads), preset, levels, codebook_size, code_dim, epochs, encoder,

@@ -10,9 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.records import Ad
 from leadre_model.data.synth import synth_ad_records
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig
 
 
 @pytest.fixture(scope="session")

@@ -34,20 +34,20 @@ SHARD_USERS = 2000  # part of the generative definition: changing it changes wor
 GENERATOR_VERSION = 1
 
 from leadre_model.data.synth_vocab import (
-    _ARTICLE_TITLES,
-    _BRAND,
-    _OCC_BOOST,
-    _TAXONOMY,
-    _VIDEO_TITLES,
+    ARTICLE_TITLES,
     AUDIENCES,
+    BRAND,
     CONSUMPTION_LEVELS,
     EDUCATION,
     GENDERS,
+    OCC_BOOST,
     OCCUPATIONS,
     PRICE_BANDS,
     PRODUCT_TYPES,
     PROMOS,
     RESIDENCES,
+    TAXONOMY,
+    VIDEO_TITLES,
 )
 
 ACTIONS = ("impression", "click", "conversion", "play", "read", "search")  # codes below index it
@@ -66,7 +66,7 @@ class SynthConfig(BaseModel):
     n_ads: int = Field(2000, ge=1, le=50_000_000)
     n_advertisers: int | None = Field(None, ge=1, description="default: n_ads // 8")
     n_content: int = Field(3000, ge=1, le=50_000_000)
-    n_categories_l1: int = Field(16, ge=1, le=len(_TAXONOMY))
+    n_categories_l1: int = Field(16, ge=1, le=len(TAXONOMY))
     n_categories_l2_per_l1: int = Field(6, ge=1, le=6)
     days: int = Field(90, ge=1, le=3650)
     mean_events_per_user: float = Field(60.0, gt=0, le=10_000)
@@ -111,12 +111,12 @@ class _World:
 def _world(cfg: SynthConfig) -> _World:
     rng = np.random.default_rng([cfg.seed, 0])
     n1, n2 = cfg.n_categories_l1, cfg.n_categories_l2_per_l1
-    spec = _TAXONOMY[:n1]
+    spec = TAXONOMY[:n1]
     names = [s[0] for s in spec]
     w = rng.dirichlet(np.full(n2, 2.0), size=n1)
     l1_p = rng.dirichlet(np.full(n1, 4.0))
     occ = rng.normal(0, 0.5, (len(OCCUPATIONS), n1))
-    for job, cats in _OCC_BOOST.items():
+    for job, cats in OCC_BOOST.items():
         for c in set(cats) & set(names):
             occ[OCCUPATIONS.index(job), names.index(c)] += 1.0
     within = np.cumsum(w, axis=1)
@@ -195,10 +195,10 @@ def _make_ads(cfg: SynthConfig, w: _World) -> tuple[dict[str, Any], _Catalog]:
     adv_l2 = _rows_choice(rng, w.within, adv_l1)
     adv_band = rng.choice(4, n_adv, p=[0.3, 0.35, 0.25, 0.1])
     adv_q = rng.normal(0, 0.5, n_adv)
-    n_brands = len(_BRAND[0]) * len(_BRAND[1]) * len(_BRAND[2])
+    n_brands = len(BRAND[0]) * len(BRAND[1]) * len(BRAND[2])
     combos = rng.permutation(n_brands)[np.arange(n_adv) % n_brands].tolist()
-    b1, b2 = len(_BRAND[1]) * len(_BRAND[2]), len(_BRAND[2])
-    brands = [_BRAND[0][c // b1] + _BRAND[1][c % b1 // b2] + _BRAND[2][c % b2] for c in combos]
+    b1, b2 = len(BRAND[1]) * len(BRAND[2]), len(BRAND[2])
+    brands = [BRAND[0][c // b1] + BRAND[1][c % b1 // b2] + BRAND[2][c % b2] for c in combos]
     stray = rng.random(n) > 0.85
     l1 = np.where(stray, rng.choice(n1, n, p=w.l1_p), adv_l1[adv])
     own_l2 = ~stray & (rng.random(n) < 0.6)
@@ -277,7 +277,7 @@ def _make_content(cfg: SynthConfig, w: _World) -> tuple[dict[str, Any], _Catalog
     titles, spus = [], []
     for c, v, t, j, k, m in zip(cat.tolist(), video.tolist(), tmpl.tolist(), adj.tolist(),
                                 noun.tolist(), spu.tolist()):
-        title = (_VIDEO_TITLES if v else _ARTICLE_TITLES)[t].format(
+        title = (VIDEO_TITLES if v else ARTICLE_TITLES)[t].format(
             adj=w.adjectives[c // n2][j], noun=w.nouns[c][k])
         titles.append(title[0].upper() + title[1:])
         spus.append(f"{w.nouns[c][k]} {_SERIES[m]}" if m >= 0 else None)

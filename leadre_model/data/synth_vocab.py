@@ -107,7 +107,7 @@ def _parse_taxonomy(text: str) -> list[tuple[str, str, list[str], list[tuple[str
     return out
 
 
-_TAXONOMY = _parse_taxonomy(_TAXONOMY_TEXT)
+TAXONOMY = _parse_taxonomy(_TAXONOMY_TEXT)
 PRODUCT_TYPES = ("e-commerce", "app download", "game", "local service", "lead form",
                  "brand awareness", "mini program")
 PRICE_BANDS = ("budget", "mid-range", "premium", "luxury")
@@ -123,14 +123,14 @@ RESIDENCES = ("Haidian, Beijing", "Chaoyang, Beijing", "Pudong, Shanghai", "Xuhu
               "Wuhou, Chengdu", "Jiangbei, Chongqing", "Wuchang, Wuhan", "Yanta, Xi'an",
               "Gulou, Nanjing", "Shinan, Qingdao", "Lixia, Jinan", "Siming, Xiamen")
 # Occupations that plausibly lift a category on top of the random world-level affinities.
-_OCC_BOOST = {"student": ("Education", "Games"), "retired": ("Health", "Travel"),
-              "Internet industry": ("Electronics",), "finance": ("Finance", "Automobile")}
-_BRAND = (("Nor", "Vel", "Ka", "Lu", "Zen", "Ori", "Sol", "Bri", "Mar", "Tek", "Ava", "Pio"),
-          ("vik", "ra", "no", "mo", "tix", "sa", "lo", "ven", "ta", "rix", "via", "dor"),
-          ("", "", "", "a", "o", "ex", "is", "on"))
-_VIDEO_TITLES = ("Unboxing: {adj} {noun}", "{noun} review - worth it?", "Top picks: {adj} {noun}",
-                 "Living with the {noun} for a week", "{noun} vs the competition",
-                 "Hands-on: {adj} {noun}")
-_ARTICLE_TITLES = ("Buying guide: {adj} {noun}", "7 things to know before buying the {noun}",
-                   "Why the {noun} is trending", "How to choose the right {noun}",
-                   "The {adj} {noun}, explained", "{noun}: expert tips")
+OCC_BOOST = {"student": ("Education", "Games"), "retired": ("Health", "Travel"),
+             "Internet industry": ("Electronics",), "finance": ("Finance", "Automobile")}
+BRAND = (("Nor", "Vel", "Ka", "Lu", "Zen", "Ori", "Sol", "Bri", "Mar", "Tek", "Ava", "Pio"),
+         ("vik", "ra", "no", "mo", "tix", "sa", "lo", "ven", "ta", "rix", "via", "dor"),
+         ("", "", "", "a", "o", "ex", "is", "on"))
+VIDEO_TITLES = ("Unboxing: {adj} {noun}", "{noun} review - worth it?", "Top picks: {adj} {noun}",
+                "Living with the {noun} for a week", "{noun} vs the competition",
+                "Hands-on: {adj} {noun}")
+ARTICLE_TITLES = ("Buying guide: {adj} {noun}", "7 things to know before buying the {noun}",
+                  "Why the {noun} is trending", "How to choose the right {noun}",
+                  "The {adj} {noun}, explained", "{noun}: expert tips")

@@ -25,7 +25,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.errors import UsageError
 from leadre_model.eval.harness import (
@@ -38,6 +37,8 @@ from leadre_model.eval.harness import (
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 from leadre_model.experiments.presets import EXPERIMENT_TRAIN
 from leadre_model.experiments.report import write_report
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig
 from leadre_model.train.pipeline import TrainConfig, train_leadre
 from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leadre_model.config import PRESETS, IndexConfig, preset_for
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.errors import UsageError
 from leadre_model.eval.harness import (
@@ -26,6 +25,8 @@ from leadre_model.eval.harness import (
     evaluate_both,
 )
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig
 from leadre_model.train.dpo import DPO_PRESETS
 from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, train_leadre
 

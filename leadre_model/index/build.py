@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from leadre_model.config import IndexConfig
 from leadre_model.data.records import Ad, AdStatus
 from leadre_model.errors import BadInputError
 from leadre_model.index.collab import CollabEmbedding, fit_collab, fuse
@@ -18,6 +17,7 @@ from leadre_model.index.embed import TextEmbedder
 from leadre_model.index.live import CatalogEvent, CatalogOp, LiveIndex
 from leadre_model.index.rqvae import RQVAE, train_rqvae
 from leadre_model.index.sid_index import (
+    IndexConfig,
     SidIndex,
     load_embeddings,
     load_rqvae,

@@ -24,11 +24,30 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import Field
 from scipy.sparse.linalg import svds
 
-from leadre_model.config import CollabConfig
+from leadre_model.configbase import StrictConfig
 
 COLLAB_FILE = "collab.npz"
+
+
+class CollabConfig(StrictConfig):
+    """Collaborative part of the RQ-VAE input; weight 0 = text only."""
+
+    weight: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="share of the RQ-VAE input's squared norm given to the collaborative "
+        "embedding (0: S-IDs from text alone, the paper's setting)",
+    )
+    dim: int = Field(default=64, ge=2, le=1024, description="SVD rank of the embedding")
+    window: int = Field(default=3, ge=1, description="items up to this far apart co-occur")
+    shrink: float = Field(
+        default=5.0, ge=0,
+        description="an ad seen n times takes n/(n+shrink) of its own vector, the rest "
+        "predicted from its text",
+    )
+    ridge: float = Field(default=1.0, gt=0, description="L2 of the text → collaborative map")
 
 
 def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int) -> sp.csr_matrix:

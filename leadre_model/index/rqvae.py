@@ -15,11 +15,73 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from leadre_model.config import RQVAEConfig
+from leadre_model.configbase import StrictConfig
 from leadre_model.index.cpu import FreeCores, torch_threads
+
+
+class RQVAEConfig(StrictConfig):
+    """RQ-VAE of §3.2 (eq. 2-6). Paper defaults: M=4 levels, K=1024 codes, d=8."""
+
+    levels: int = Field(default=4, ge=1, le=8)
+    codebook_size: int = Field(default=1024, ge=2, le=65_536)
+    code_dim: int = Field(default=8, ge=1, le=512)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128])
+    beta: float = Field(default=0.25, ge=0, description="commitment weight β_quant of eq. 6")
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    kmeans_iters: int = Field(default=20, ge=0, description="0 disables k-means initialisation")
+    dead_code_threshold: int = Field(
+        default=1, ge=0, description="codes used fewer times per epoch are re-seeded (0: never)"
+    )
+    balance_last_level: bool = Field(
+        default=True,
+        description="Sinkhorn-balanced assignment at the last level to spread colliding ads",
+    )
+    early_stop_patience: int = Field(
+        default=5, ge=0,
+        description="stop once the reconstruction loss has improved by less than "
+        "early_stop_min_delta over this many epochs (then the settle epochs, without "
+        "re-seeding, still run); 0: always train all epochs",
+    )
+    early_stop_min_delta: float = Field(
+        default=0.01, ge=0, description="relative improvement of the best reconstruction loss"
+    )
+    threads: int = Field(
+        default=0, ge=0, description="torch threads while training (0: one per idle core)"
+    )
+    seed: int = 0
+
+
+# Codebooks much larger than the catalog leave most codes unused by construction; these
+# presets keep ~1-10 ads per last-level code for small catalogs (the paper's K=1024 is
+# sized for millions of ads).
+PRESETS: dict[str, RQVAEConfig] = {
+    "tiny": RQVAEConfig(
+        levels=3, codebook_size=32, hidden_dims=[256, 64], epochs=150, batch_size=256
+    ),
+    "small": RQVAEConfig(
+        levels=3, codebook_size=64, hidden_dims=[256, 128], epochs=100, batch_size=512
+    ),
+    "medium": RQVAEConfig(levels=4, codebook_size=256, epochs=40, batch_size=2048),
+    "paper": RQVAEConfig(levels=4, codebook_size=1024, epochs=20, batch_size=4096),
+}
+
+
+def preset_for(n_ads: int) -> str:
+    """The name of the preset in ``PRESETS`` sized for a catalog of ``n_ads`` ads."""
+    if n_ads <= 3_000:
+        return "tiny"
+    if n_ads <= 30_000:
+        return "small"
+    if n_ads <= 300_000:
+        return "medium"
+    return "paper"
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:

@@ -23,17 +23,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 
-from leadre_model.config import IndexConfig
+from leadre_model.configbase import StrictConfig
 from leadre_model.data.store import atomic_dir
 from leadre_model.errors import BadInputError
-from leadre_model.index.collab import CollabEmbedding
-from leadre_model.index.rqvae import RQVAE
+from leadre_model.index.collab import CollabConfig, CollabEmbedding
+from leadre_model.index.embed import EmbedConfig
+from leadre_model.index.rqvae import RQVAE, RQVAEConfig
 from leadre_model.index.sids import sid_tokens
+from leadre_model.index.text import TextConfig
 from leadre_model.index.trie import SidTrie
 
 FORMAT_VERSION = 1
+
+
+class IndexConfig(StrictConfig):
+    """How an index was built, stage by stage; saved in its ``index.json``."""
+
+    text: TextConfig = Field(default_factory=TextConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
+    collab: CollabConfig = Field(default_factory=CollabConfig)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 
 LEVEL_PREFIXES = "abcdefghij"
-_TOKEN = re.compile(r"<([a-j])_(\d+)>")
+SID_TOKEN = re.compile(r"<[a-j]_\d+>")  # one token of an S-ID, e.g. <a_12>
+_TOKEN = re.compile(r"<([a-j])_(\d+)>")  # the same, level prefix and code captured
 
 
 def sid_tokens(codes: Sequence[int]) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import string
 
+from pydantic import model_validator
+
+from leadre_model.configbase import StrictConfig
 from leadre_model.data.records import Ad
 
 # The paper's template; every field of Ad may be referenced by name.
@@ -26,6 +29,15 @@ def check_template(template: str) -> None:
         raise ValueError(
             f"unknown field(s) {sorted(unknown)} in ad text template; allowed: {sorted(TEMPLATE_FIELDS)}"
         )
+
+
+class TextConfig(StrictConfig):
+    template: str = DEFAULT_TEMPLATE
+
+    @model_validator(mode="after")
+    def _valid(self) -> TextConfig:
+        check_template(self.template)
+        return self
 
 
 def ad_text(ad: Ad, template: str = DEFAULT_TEMPLATE) -> str:

@@ -31,17 +31,17 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.data.store import atomic_dir
 from leadre_model.errors import BadInputError, UsageError
-from leadre_model.index.sids import LEVEL_PREFIXES
+from leadre_model.index.sids import LEVEL_PREFIXES, SID_TOKEN
 from leadre_model.llm.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, read_manifest
-from leadre_model.llm.tokenizer import _SID, SOFT_TOKEN, extend_tokenizer, tokenizer_hash
+from leadre_model.llm.tokenizer import SOFT_TOKEN, extend_tokenizer, tokenizer_hash
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-class LoraSettings(_Config):
+class LoraSettings(StrictConfig):
     """PEFT LoRA for large checkpoints: low-rank adapters on the attention and MLP
     projections; the added tokens' embedding rows train in full (PEFT's
     ``trainable_token_indices``). Merged into the base weights when saved, so serving
@@ -54,7 +54,7 @@ class LoraSettings(_Config):
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
-class LLMConfig(_Config):
+class LLMConfig(StrictConfig):
     """Which LM to build. ``base="tiny"``: the embedded Qwen2 below, random init (seeded);
     otherwise a local checkpoint directory (never downloaded)."""
 
@@ -167,7 +167,7 @@ def with_lora(model: PreTrainedModel, cfg: LoraSettings, token_ids: Sequence[int
 def leadre_token_ids(tokenizer: PreTrainedTokenizerBase, extra: Sequence[str] = ()) -> list[int]:
     """Ids of the S-ID tokens, the soft-prompt token and ``extra`` (advertisers)."""
     vocab = tokenizer.get_vocab()
-    names = {t for t in vocab if _SID.fullmatch(t)} | {SOFT_TOKEN} | set(extra)
+    names = {t for t in vocab if SID_TOKEN.fullmatch(t)} | {SOFT_TOKEN} | set(extra)
     return sorted(vocab[t] for t in names if t in vocab)
 
 
@@ -283,7 +283,7 @@ def sid_level_sizes(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Codes per level known to the tokenizer (``<a_0>…<a_{K-1}>`` → K for level 0)."""
     sizes: dict[int, int] = {}
     for token in tokenizer.get_vocab():
-        if _SID.fullmatch(token):
+        if SID_TOKEN.fullmatch(token):
             level = LEVEL_PREFIXES.index(token[1])
             sizes[level] = max(sizes.get(level, 0), int(token[3:-1]) + 1)
     return [sizes.get(level, 0) for level in range(max(sizes, default=-1) + 1)]

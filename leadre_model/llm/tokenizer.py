@@ -21,18 +21,17 @@ from pydantic import Field
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.errors import BadInputError
-from leadre_model.index.sids import level_token, sid_vocabulary
+from leadre_model.index.sids import SID_TOKEN, level_token, sid_vocabulary
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
 SOFT_TOKEN = "<|leadre_soft|>"
 MAX_LENGTH = 2560  # = the tiny model's max positions; prompts are budgeted below it (§4.2)
-_SID = re.compile(r"<[a-j]_\d+>")
 
 
-class TokenizerConfig(_Config):
+class TokenizerConfig(StrictConfig):
     """Byte-level BPE trained from scratch on the prompts (seconds for ~10k prompts)."""
 
     vocab_size: int = Field(default=3000, ge=300, le=65_536,
@@ -136,7 +135,7 @@ def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
 def _strip_pattern(advertisers: Sequence[str]) -> re.Pattern[str]:
     words = [PAD_TOKEN, EOS_TOKEN, SOFT_TOKEN, *advertisers]
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(f"{_SID.pattern}|{alternatives}")
+    return re.compile(f"{SID_TOKEN.pattern}|{alternatives}")
 
 
 __all__ = [

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
 from leadre_model.index.sids import sid_tokens
 
@@ -56,7 +56,7 @@ _UNIT = re.compile(r"<\|[^|>]*\|>|<[a-z]+_\d+>")
 _PROFILE_FIELDS = ("gender", "residence", "education", "occupation", "consumption_level")
 
 
-class CompactConfig(_Config):
+class CompactConfig(StrictConfig):
     """Vocabulary sizes of the compact format (hash buckets)."""
 
     category_buckets: int = Field(default=1024, ge=1, description="<cat_N> tokens")

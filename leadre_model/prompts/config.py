@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.prompts.compact import CompactConfig
 
 Component = Literal["profile", "summary", "behaviors"]
@@ -22,7 +22,7 @@ Component = Literal["profile", "summary", "behaviors"]
 SOFT_TOKEN = "<|leadre_soft|>"
 
 
-class PromptTemplate(_Config):
+class PromptTemplate(StrictConfig):
     """Fixed text of one prompt template. ``{soft}`` marks where the learnable token goes
     (exactly once, in ``instruction``); ``{description}`` is the ad text in ``describe``."""
 
@@ -92,7 +92,7 @@ PARAPHRASES: tuple[PromptTemplate, ...] = (
 DEFAULT_TEMPLATES: tuple[PromptTemplate, ...] = (PAPER_TEMPLATE, *PARAPHRASES)
 
 
-class PromptConfig(_Config):
+class PromptConfig(StrictConfig):
     """How prompts are built and augmented. Defaults follow §4.2 (90 days, 2096 tokens)."""
 
     format: Literal["text", "compact"] = Field(

@@ -19,22 +19,16 @@ from typing import Any
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from leadre_model.config import _Config
 from leadre_model.errors import BadInputError
-from leadre_model.train.sft import run_trainer
+from leadre_model.train.stage import StageConfig, run_trainer
 
 
-class DPOStageConfig(_Config):
-    beta: float = Field(default=0.1, gt=0, description="DPO temperature β")
+class DPOStageConfig(StageConfig):
     epochs: float = Field(default=1.0, gt=0)
     lr: float = Field(default=5e-6, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    grad_accum: int = Field(default=8, ge=1)
-    max_length: int = Field(default=2560, ge=16)
+    beta: float = Field(default=0.1, gt=0, description="DPO temperature β")
     min_ratio: float = Field(default=1.1, ge=1.0, description="chosen eCPM ≥ ratio × rejected")
     candidates: int = Field(default=8, ge=2, description="SFT decodes considered per prompt")
-    seed: int = 0
-    logging_steps: int = Field(default=10, ge=1)
 
 
 DPO_PRESETS: dict[str, DPOStageConfig] = {

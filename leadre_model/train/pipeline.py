@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.data.store import load_ads
 from leadre_model.index.sid_index import SidIndex, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
@@ -29,7 +29,7 @@ from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig, parse_curriculum
 from leadre_model.train.validate import BestOnValidation, SidValidator, ValidationConfig
 
 
-class TrainConfig(_Config):
+class TrainConfig(StrictConfig):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)

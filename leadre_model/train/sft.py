@@ -15,33 +15,26 @@ token; ``lm>ex>im>main`` is the default for a model trained from scratch.
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from leadre_model.config import _Config
 from leadre_model.errors import BadInputError, UsageError
+from leadre_model.train.stage import StageConfig, run_trainer
 
 TASKS = ("ex", "im", "main", "adv", "lm", "seq")
 
 
-class SFTStageConfig(_Config):
+class SFTStageConfig(StageConfig):
     """Paper defaults (§5.1): AdamW, lr 6e-5 decaying to 6e-6, batch 64, 3 epochs."""
 
     epochs: float = Field(default=3.0, gt=0)
     lr: float = Field(default=6e-5, gt=0)
     min_lr: float = Field(default=6e-6, ge=0)
-    batch_size: int = Field(default=8, ge=1)
-    grad_accum: int = Field(default=8, ge=1, description="effective batch = batch_size × grad_accum")
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_ratio: float = Field(default=0.03, ge=0, le=1)
-    max_length: int = Field(default=2560, ge=16)
-    seed: int = 0
-    logging_steps: int = Field(default=10, ge=1)
     group_by_length: bool = Field(default=False, description="batch rows of similar length "
                                   "together: far less padding when a few users have long "
                                   "histories (real catalogs)")
@@ -83,57 +76,6 @@ def parse_curriculum(spec: str) -> list[list[str]]:
             raise UsageError(f"bad curriculum {spec!r}: '{own}' (pre-built loss masks) is a "
                              f"stage of its own, e.g. 'ex>{own}'")
     return stages
-
-
-def run_trainer(
-    trainer_cls: Any,
-    config_cls: Any,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[Mapping[str, Any]],
-    cfg: SFTStageConfig | Any,
-    progress: bool,
-    trainer_kwargs: Mapping[str, Any] | None = None,
-    **extra: Any,
-) -> list[dict[str, float]]:
-    """Run one TRL trainer (SFT or DPO) on CPU with the settings both share (``extra`` goes
-    to the trainer's config, ``trainer_kwargs`` to the trainer); returns the log history
-    entries that carry a loss."""
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
-    from transformers.trainer_callback import PrinterCallback
-
-    (enable_progress_bar if progress else disable_progress_bar)()
-    with tempfile.TemporaryDirectory(prefix="leadre-trl-") as tmp:
-        args = config_cls(
-            output_dir=tmp,
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.lr,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            max_length=cfg.max_length,
-            logging_steps=cfg.logging_steps,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            dataloader_num_workers=0,
-            disable_tqdm=not progress,
-            # TRL turns recomputation on by default; it only costs time at these sizes.
-            activation_checkpointing=False,
-            # TRL defaults to bf16 autocast; on a CPU without native bf16 (AVX2 only, as
-            # here) that is ~8x slower than fp32 (measured: 4.6 s vs 0.54 s per step).
-            bf16=bool(getattr(model, "dtype", None) == torch.bfloat16 and torch.cuda.is_available()),
-            **extra,
-        )
-        trainer = trainer_cls(model=model, args=args, processing_class=tokenizer,
-                              train_dataset=Dataset.from_list([dict(r) for r in rows]),
-                              **(trainer_kwargs or {}))
-        if not progress:
-            trainer.remove_callback(PrinterCallback)  # no per-step log dicts
-        trainer.train()
-        return [h for h in trainer.state.log_history if "loss" in h]
 
 
 def train_stage(

@@ -20,14 +20,14 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-from leadre_model.config import _Config
+from leadre_model.configbase import StrictConfig
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.retriever import SidRetriever
 
 
-class ValidationConfig(_Config):
+class ValidationConfig(StrictConfig):
     users: int = Field(500, ge=1, description="validation users scored per round (seeded sample)")
     k: int = Field(10, ge=1, description="Recall@k is the selection score")
     beam_width: int = Field(20, ge=1)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leadre_model.config import PRESETS, CollabConfig, IndexConfig
 from leadre_model.data.records import AdStatus
 from leadre_model.data.split import train_item_sequences
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.errors import BadInputError
 from leadre_model.index.build import add_ads, build_index
-from leadre_model.index.collab import CollabEmbedding, fit_collab, fuse
-from leadre_model.index.sid_index import load_index, load_trie
+from leadre_model.index.collab import CollabConfig, CollabEmbedding, fit_collab, fuse
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig, load_index, load_trie
 
 
 def _two_groups(n_items: int = 40, users: int = 200, seed: int = 0) -> list[list[int]]:

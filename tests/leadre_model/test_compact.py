@@ -79,7 +79,7 @@ def test_conversion_after_its_click_is_one_token():
 
 
 def _index_config():
-    from leadre_model.config import IndexConfig
+    from leadre_model.index.sid_index import IndexConfig
 
     return IndexConfig()
 

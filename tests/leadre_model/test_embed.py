@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from leadre_model.config import PRESETS, EmbedConfig, IndexConfig
 from leadre_model.data.synth import synth_ad_records
 from leadre_model.errors import UsageError
 from leadre_model.index.build import build_index
-from leadre_model.index.embed import TextEmbedder, token_batches
+from leadre_model.index.embed import EmbedConfig, TextEmbedder, token_batches
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig
 from leadre_model.index.text import ad_text
 
 TORCH = EmbedConfig(backend="torch", precision="fp32")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leadre_model.config import PRESETS, EmbedConfig, IndexConfig, RQVAEConfig, TextConfig
 from leadre_model.data.records import AdStatus
 from leadre_model.index.build import add_ads, build_index
-from leadre_model.index.embed import TextEmbedder
+from leadre_model.index.embed import EmbedConfig, TextEmbedder
 from leadre_model.index.report import build_report, neighbour_accuracy
-from leadre_model.index.sid_index import load_index, load_trie, read_meta
+from leadre_model.index.rqvae import PRESETS, RQVAEConfig
+from leadre_model.index.sid_index import IndexConfig, load_index, load_trie, read_meta
 from leadre_model.index.sids import parse_sid
-from leadre_model.index.text import ad_text
+from leadre_model.index.text import TextConfig, ad_text
 
 
 def test_ad_text_follows_paper_template(small_ads):

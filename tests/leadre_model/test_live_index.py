@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.errors import BadInputError
 from leadre_model.index.live import CatalogEvent, CatalogOp, LiveIndex
-from leadre_model.index.sid_index import SidIndex
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig, SidIndex
 from leadre_model.llm.manifest import Manifest
 
 ADD, PAUSE, RESUME = CatalogOp.ADD, CatalogOp.PAUSE, CatalogOp.RESUME

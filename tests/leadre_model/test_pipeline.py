@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.index.build import build_index
-from leadre_model.index.sid_index import load_index
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig, load_index
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import load_model
 from leadre_model.llm.tokenizer import level_token_ids

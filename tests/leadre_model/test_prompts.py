@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leadre_model.config import IndexConfig, RQVAEConfig
 from leadre_model.data.records import Ad, Behavior, ContentItem, User
 from leadre_model.data.split import UserHistory, iter_user_histories, leave_one_out
 from leadre_model.data.store import WorldWriter, iter_records, load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
-from leadre_model.index.sid_index import SidIndex
+from leadre_model.index.rqvae import RQVAEConfig
+from leadre_model.index.sid_index import IndexConfig, SidIndex
 from leadre_model.index.sids import parse_sid
 from leadre_model.index.text import ad_text
 from leadre_model.prompts.builder import PromptBuilder, approx_tokens

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from leadre_model.config import RQVAEConfig
-from leadre_model.index.rqvae import ResidualQuantizer, converged, kmeans, train_rqvae
+from leadre_model.index.rqvae import ResidualQuantizer, RQVAEConfig, converged, kmeans, train_rqvae
 
 
 def clustered(n: int = 2000, k: int = 40, dim: int = 32, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world, synth_ad_records
 from leadre_model.eval.harness import EvalConfig, build_eval_data
@@ -22,7 +21,8 @@ from leadre_model.experiments.text_targets import (
     train_text_variant,
 )
 from leadre_model.index.build import build_index
-from leadre_model.index.sid_index import load_index
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig, load_index
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig
 from leadre_model.llm.tokenizer import TokenizerConfig

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.index.build import build_index
-from leadre_model.index.sid_index import load_index
+from leadre_model.index.rqvae import PRESETS
+from leadre_model.index.sid_index import IndexConfig, load_index
 from leadre_model.prompts.config import PromptConfig
 from services.common.contracts import INSTANCES_KEY
 from services.common.settings import Settings

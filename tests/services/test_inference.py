@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import redis
 
-from leadre_model.config import PRESETS, IndexConfig
 from leadre_model.data.store import write_records
 from leadre_model.data.synth import synth_ad_records
-from leadre_model.index.rqvae import RQVAE
-from leadre_model.index.sid_index import SidIndex, save_index
+from leadre_model.index.rqvae import PRESETS, RQVAE
+from leadre_model.index.sid_index import IndexConfig, SidIndex, save_index
 from leadre_model.index.sids import sid_tokens
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig, build_model, save_model
