@@ -67,7 +67,9 @@ class LocalCluster:
                      "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{p}.conf",
                      "--cluster-node-timeout", "2000", "--dir", str(self.d),
                      "--save", "", "--appendonly", "no", "--requirepass", self.password,
-                     "--masterauth", self.password], stdout=out, stderr=subprocess.STDOUT))
+                     "--masterauth", self.password, "--repl-diskless-sync-delay", "0",
+                     "--repl-ping-replica-period", "1"],
+                    stdout=out, stderr=subprocess.STDOUT))
         for p in self.ports:
             self._wait(lambda p=p: self.node(p).ping(), timeout_s, f"node {p} answering")
         subprocess.run(["redis-cli", "-a", self.password, "--no-auth-warning", "--cluster",
@@ -128,9 +130,18 @@ class LocalCluster:
         """Promote ``master``'s replica (it takes over the slots, ``master`` becomes its
         replica); returns the new master's port once the cluster is healthy again."""
         replica = self.replica_of(master)
-        self.node(replica).execute_command("CLUSTER FAILOVER")
-        self._wait(lambda: self.role(replica) == "master" and self.healthy(), timeout_s,
-                   f"replica {replica} promoted in place of {master}")
+        asked = -1e9
+
+        def promoted() -> bool:
+            nonlocal asked
+            if self.role(replica) == "master":
+                return self.healthy()
+            if time.monotonic() - asked > 6:  # a manual failover gives up after 5 s: ask again
+                self.node(replica).execute_command("CLUSTER FAILOVER")
+                asked = time.monotonic()
+            return False
+
+        self._wait(promoted, timeout_s, f"replica {replica} promoted in place of {master}")
         return replica
 
     def _wait(self, cond: Callable[[], object], timeout_s: float, what: str) -> None:
