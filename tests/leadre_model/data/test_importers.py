@@ -18,7 +18,7 @@ from leadre_model.data.records import Action, AdStatus, Domain
 from leadre_model.data.store import iter_records, read_manifest, read_table
 from leadre_model.data.taobao import load_taobao, merge_window
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 TAOBAO = DATA / "taobao-ad-sample"
 AMAZON = DATA / "amazon-toys"
 needs_taobao = pytest.mark.skipif(not TAOBAO.is_dir(), reason="shared Taobao sample not present")
