@@ -9,6 +9,8 @@
                        time, so queueing counts (target <= 10)
   redis_get_rps        redis-benchmark -t get
   bytes_per_user_list  Redis MEMORY USAGE of one user's 20-ad list key (target <= 160)
+  bytes_per_user_serving  the same for every key a retrieval of the user reads or the list
+                       write guards: list, its version guard ``lv``, fallback inputs ``fb``
   *_cpu_ms_per_req     CPU time (user + system, from /proc) each server process spent per
                        request during the saturation run: unlike the rates, it does not
                        depend on what else the shared machine is running
@@ -234,7 +236,9 @@ def main() -> None:
                 writer.write(u, 1, Retrieval(
                     ads=[RetrievedAd(ad_id=x, score=-0.1 * (i + 1)) for i, x in enumerate(picked)],
                     model_version="bench"))
-            bytes_per_list = r.memory_usage(keys.user_key(users[0], "list")) or 0
+            bytes_per_list = r.memory_usage(keys.user_key(users[0], "l")) or 0
+            serving_bytes = sum(r.memory_usage(keys.user_key(users[0], part)) or 0
+                                for part in ("l", "lv", "fb"))
 
             us_port, http_port, grpc_port, floor_port = (free_port() for _ in range(4))
             env = {**os.environ, "LEADRE_REDIS_URL": a.redis, "LEADRE_LOG_LEVEL": "WARNING",
@@ -295,6 +299,7 @@ def main() -> None:
     print(f"p99_ms_at_half_load: {percentile(lat, 0.99):.2f}")
     print(f"redis_get_rps: {get_rps:.0f}")
     print(f"bytes_per_user_list: {bytes_per_list}")
+    print(f"bytes_per_user_serving: {serving_bytes}")
     for name, ms in cpu_ms.items():
         print(f"{name}_cpu_ms_per_req: {ms:.3f}")
     print(f"cpu_cores: {os.cpu_count()}")

@@ -41,6 +41,18 @@ def fallback_key(category: str) -> str:
 
 def user_key(user_id: str, part: str) -> str:
     """``profile`` (User JSON), ``hist`` (zset of behaviours by time), ``seq`` (behaviours
-    recorded: the state version), ``list`` (hash v, d: the encoded LEADRE list, with TTL),
-    ``lv`` (version of the last list written; no TTL, so expiry never re-opens the guard)."""
+    recorded: the state version), ``l`` (string: the LEADRE list, compact format 3, TTL),
+    ``adv`` (string: its advertiser priors, same format and TTL), ``list`` (hash v, d: a list
+    of format 1/2, still read), ``lv`` (version of the last list written; no TTL, so expiry
+    never re-opens the guard), ``fb`` (the fallback branch's inputs: ``seq`` newline JSON
+    [[category, count], …], rewritten by each RecordBehaviors)."""
     return f"leadre:u:{{{user_id}}}:{part}"
+
+
+# Id registry (services/common/idregistry.py): one slot, written together by one Lua script.
+ID_EPOCH = "leadre:{ids}:epoch"
+
+
+def id_keys(ns: str) -> tuple[str, str]:
+    """(hash string -> number, list number -> string) of one id namespace."""
+    return f"leadre:{{ids}}:{ns}", f"leadre:{{ids}}:{ns}:names"

@@ -13,16 +13,18 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
 
-from leadre_model.data.records import Behavior, User
+from leadre_model.data.records import POSITIVE_ACTIONS, Behavior, User
 from services.common.events import TIERS
 from services.common.keys import user_key
 
 DAY = 86_400
+POSITIVE = frozenset(a.value for a in POSITIVE_ACTIONS)
 
 # KEYS: hist, seq. ARGV: member, ts, window seconds, max entries.
 # Returns {seq, added}: added = 0 when the identical behaviour was already recorded.
@@ -48,6 +50,37 @@ return 1
 """
 
 
+# KEYS: l, lv, adv, list (formats 1-2). ARGV: version, list (format 3), ttl ms, advertiser
+# priors (format 3; "" = none). Writes only a newer version; the old-format key goes.
+WRITE_PACKED_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if cur >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] == '' then redis.call('DEL', KEYS[3])
+else redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3]) end
+redis.call('DEL', KEYS[4])
+return 1
+"""
+
+# KEYS: fb. ARGV: seq, value ("<seq>\n<json>"). Writes only inputs of a newer state.
+WRITE_FALLBACK_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(string.match(cur, '^(%d+)')) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: hist, seq. ARGV: n. Returns {seq, the n newest history members}: one consistent read.
+NEWEST_LUA = """
+local out = {tonumber(redis.call('GET', KEYS[2]) or '0')}
+for _, m in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  out[#out + 1] = m
+end
+return out
+"""
+
+
 def behavior_member(b: Behavior) -> str:
     return f"{b.ts}|{b.domain.value}|{b.action.value}|{b.item_id}"
 
@@ -57,6 +90,31 @@ def member_fields(member: str) -> tuple[str, str, str, str]:
     list read path parses 50 of them per request)."""
     ts, domain, action, item_id = member.split("|", 3)
     return ts, domain, action, item_id
+
+
+def user_categories(members: Sequence[str], ad_category: Mapping[str, str],
+                    content_category: Mapping[str, str], n: int) -> list[tuple[str, int]]:
+    """The ``n`` most frequent categories (with their counts) of the positive behaviours
+    among ``members`` (history members): the fallback branch's per-user input."""
+    cats: Counter[str] = Counter()
+    for m in members:
+        _, domain, action, item_id = member_fields(m)
+        if action in POSITIVE:
+            cat = (ad_category if domain == "ad" else content_category).get(item_id)
+            if cat:
+                cats[cat] += 1
+    return cats.most_common(n)
+
+
+def fallback_value(seq: int, cats: Sequence[tuple[str, int]]) -> str:
+    """The ``fb`` key's value: the state version, then the categories as JSON."""
+    return f"{seq}\n{json.dumps([list(c) for c in cats], separators=(',', ':'))}"
+
+
+def parse_fallback_value(raw: str | bytes) -> tuple[int, list[tuple[str, int]]]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    seq, _, cats = text.partition("\n")
+    return int(seq), [(str(c), int(k)) for c, k in json.loads(cats)]
 
 
 def parse_member(user_id: str, member: str) -> Behavior:

@@ -62,7 +62,7 @@ class MixerCore:
     async def retrieve(self, user_id: str, k: int) -> RetrieveResponse:
         if not 1 <= k <= self.s.mixer_max_k:
             raise BadRequest(f"k: must be in [1, {self.s.mixer_max_k}] (got {k})")
-        lst = await self.source.get_list(user_id, 0, k)
+        lst = await self.source.get_list(user_id, 0, k, advertisers=False)
         ads, consumption = merge(lst.ads, lst.fallback, k, self.s.mixer_leadre_share)
         self.m.served_leadre.inc(consumption.leadre_exclusive)
         self.m.served_fallback.inc(consumption.fallback_exclusive)

@@ -49,7 +49,8 @@ class UserLists:
 
 
 class ListSource(Protocol):
-    async def get_list(self, user_id: str, k: int, fallback_k: int) -> UserLists: ...
+    async def get_list(self, user_id: str, k: int, fallback_k: int,
+                       advertisers: bool = True) -> UserLists: ...
     async def advertisers_of(self, ad_ids: Sequence[str]) -> dict[str, str]: ...
     async def user(self, user_id: str, recent: int) -> UserOut: ...
     async def ready(self) -> bool: ...
@@ -64,12 +65,15 @@ def _profile(age: int | None, gender: str, residence: str, education: str, occup
 
 
 # -- in process -------------------------------------------------------------------------
-def _from_store(items: Sequence[us.ServedAd], provenance: Provenance) -> list[dict]:
-    return [{"ad_id": a.ad_id, "name": a.ad.name if a.ad else "",
-             "category": a.ad.category_l2 if a.ad else "",
-             "advertiser_id": a.ad.advertiser_id if a.ad else "",
-             "ecpm": a.ad.ecpm if a.ad else 0.0, "score": a.score, "provenance": provenance}
-            for a in items]
+def _unknown(ad_id: str) -> dict:
+    return {"ad_id": ad_id, "name": "", "category": "", "advertiser_id": "", "ecpm": 0.0}
+
+
+def _from_store(items: Sequence[us.ServedAd], provenance: Provenance,
+                served: dict[str, dict]) -> list[dict]:
+    """``served``: the hot cache's fields of each cached ad (one dict merge per ad)."""
+    return [{**(served.get(a.ad_id) or _unknown(a.ad_id)), "score": a.score,
+             "provenance": provenance} for a in items]
 
 
 @contextmanager
@@ -84,14 +88,16 @@ class RedisSource:
     def __init__(self, settings: Settings) -> None:
         self.store = us.UserStore(settings)
 
-    async def get_list(self, user_id: str, k: int, fallback_k: int) -> UserLists:
+    async def get_list(self, user_id: str, k: int, fallback_k: int,
+                       advertisers: bool = True) -> UserLists:
         with _redis_down_is_unavailable():
-            res = await self.store.get_list(user_id, k, fallback_k)
+            res = await self.store.get_list(user_id, k, fallback_k, advertisers)
         st = res.stored
         return UserLists(
             hit=st is not None, version=st.version if st else 0,
             updated_ms=st.updated_ms if st else 0, model_version=st.model_version if st else "",
-            ads=_from_store(res.ads, "leadre"), fallback=_from_store(res.fallback, "fallback"),
+            ads=_from_store(res.ads, "leadre", self.store.cache.served),
+            fallback=_from_store(res.fallback, "fallback", self.store.cache.served),
             advertisers={a.ad_id: a.score for a in st.advertisers} if st else {})
 
     async def advertisers_of(self, ad_ids: Sequence[str]) -> dict[str, str]:
@@ -144,7 +150,8 @@ class GrpcSource:
                 raise BadRequest(exc.details() or "invalid argument") from None
             raise Unavailable(f"user server: {exc.code().name} {exc.details() or ''}".strip()) from None
 
-    async def get_list(self, user_id: str, k: int, fallback_k: int) -> UserLists:
+    async def get_list(self, user_id: str, k: int, fallback_k: int,
+                       advertisers: bool = True) -> UserLists:
         lst: pb.UserList = await self._call("GetList", pb.GetListRequest(  # type: ignore[assignment]
             user_id=user_id, k=k, fallback_k=fallback_k))
         return UserLists(hit=lst.hit, version=lst.version, updated_ms=lst.updated_ms,

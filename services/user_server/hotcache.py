@@ -7,12 +7,16 @@ parsing of ad records were ~70 % of the user server's time).
   the same pipeline as the list, so a paused ad is never served from a stale copy.
 * The top of each fallback zset: refreshed after ``ttl_s`` (popularity scores drift
   slowly; the fallback branch is allowed to be that stale).
+* The fallback branch's answer per (user categories, n): users with the same categories
+  get the same ads; kept as long as the rankings it was built from (``ttl_s``, catalog).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from leadre_model.data.records import Ad
 
@@ -29,21 +33,28 @@ class HotCache:
         self.ttl_s, self.max_items = ttl_s, max_items
         self.catalog_version: bytes | None = None
         self.ads: dict[str, Ad] = {}
+        self.served: dict[str, dict[str, Any]] = {}  # ad_id -> the fields a served ad shows
         self.content_category: dict[str, str] = {}
         self.ranked: dict[str, Ranked] = {}
+        self.fallbacks: dict[tuple[Any, ...], tuple[float, list[Any]]] = {}
 
     def sync(self, catalog_version: bytes | None) -> None:
         """Forget ad records and rankings when the catalog changed since they were read."""
         if catalog_version != self.catalog_version:
             self.catalog_version = catalog_version
             self.ads.clear()
+            self.served.clear()
             self.content_category.clear()
             self.ranked.clear()
+            self.fallbacks.clear()
 
     def put_ad(self, ad: Ad) -> None:
         if len(self.ads) >= self.max_items:
             self.ads.clear()
+            self.served.clear()
         self.ads[ad.ad_id] = ad
+        self.served[ad.ad_id] = {"ad_id": ad.ad_id, "name": ad.name, "category": ad.category_l2,
+                                 "advertiser_id": ad.advertiser_id, "ecpm": ad.ecpm}
 
     def put_content_category(self, content_id: str, category: str) -> None:
         if len(self.content_category) >= self.max_items:
@@ -58,3 +69,18 @@ class HotCache:
 
     def put_ranking(self, key: str, depth: int, entries: list[tuple[str, float]]) -> None:
         self.ranked[key] = Ranked(time.monotonic() + self.ttl_s, depth, entries)
+
+    def fallback(self, cats: Sequence[tuple[str, int]], n: int) -> list[Any] | None:
+        hit = self.fallbacks.get((*cats, n))
+        if hit is None or time.monotonic() > hit[0]:
+            return None
+        return hit[1]
+
+    def put_fallback(self, cats: Sequence[tuple[str, int]], n: int, served: list[Any],
+                     rankings: Sequence[str]) -> None:
+        """``served`` expires with the first of the cached ``rankings`` it was built from."""
+        if len(self.fallbacks) >= self.max_items:
+            self.fallbacks.clear()
+        expires = min((self.ranked[k].expires for k in rankings if k in self.ranked),
+                      default=time.monotonic() + self.ttl_s)
+        self.fallbacks[(*cats, n)] = (expires, served)

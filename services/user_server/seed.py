@@ -22,8 +22,14 @@ from leadre_model.data.split import iter_user_histories
 from leadre_model.data.store import iter_records, load_ads, read_table
 from services.common import keys
 from services.common.settings import Settings
-from services.common.userstate import DAY, behavior_member, quantile_bounds
-from services.user_server.store import fallback_score
+from services.common.userstate import (
+    DAY,
+    behavior_member,
+    fallback_value,
+    quantile_bounds,
+    user_categories,
+)
+from services.user_server.store import FALLBACK_HISTORY, fallback_score
 
 T = TypeVar("T")
 CHUNK = 2000  # commands per pipeline round trip
@@ -91,31 +97,46 @@ def seed_world(r: redis.Redis, world: Path, settings: Settings, *, users: Sequen
     ads = load_ads(world)
     out.ads = len(ads)
     out.content = seed_catalog(r, ads, iter_records(world, "content"), clicks)
+    categories = Categories({a.ad_id: a.category_l2 for a in ads},
+                            {c.content_id: c.category for c in iter_records(world, "content")})
     if histories or holdout:
         for h in iter_user_histories(world, users):
             keep = h.behaviors[:len(h.behaviors) - holdout] if holdout else h.behaviors
             out.held_out += h.behaviors[len(keep):]
             if histories:
-                out.behaviors += _write_history(r, h.user.user_id, keep, settings)
+                out.behaviors += _write_history(r, h.user.user_id, keep, settings, categories)
     out.held_out.sort(key=lambda b: b.ts)
     return out
 
 
+@dataclass(frozen=True)
+class Categories:
+    """Category of every ad and content item of the seeded world."""
+
+    ads: dict[str, str]
+    content: dict[str, str]
+
+
 def _write_history(r: redis.Redis, user_id: str, behaviors: Sequence[Behavior],
-                   settings: Settings) -> int:
-    """The same window and bound RecordBehaviors applies, in one round trip. The user's
-    state restarts: their list and its version guard go too (a list computed from another
-    state must not survive, nor block the next write)."""
+                   settings: Settings, categories: Categories) -> int:
+    """The same window and bound RecordBehaviors applies, and the fallback inputs it
+    writes, in one round trip. The user's state restarts: their list and its version
+    guard go too (a list computed from another state must not survive, nor block the next
+    write)."""
     if not behaviors:
         return 0
     newest = max(b.ts for b in behaviors)
     kept = [b for b in behaviors if newest - b.ts < settings.history_window_days * DAY]
     kept = kept[-settings.history_max:]
     members = {behavior_member(b): b.ts for b in kept}
+    newest = sorted(members, key=lambda m: (members[m], m), reverse=True)[:FALLBACK_HISTORY]
+    cats = user_categories(newest, categories.ads, categories.content,
+                           settings.fallback_categories)
     pipe = r.pipeline(transaction=True)
-    pipe.delete(*(keys.user_key(user_id, part) for part in ("hist", "list", "lv")))
+    pipe.delete(*(keys.user_key(user_id, part) for part in ("hist", "list", "l", "adv", "lv")))
     pipe.zadd(keys.user_key(user_id, "hist"), members)
     pipe.set(keys.user_key(user_id, "seq"), len(members))
+    pipe.set(keys.user_key(user_id, "fb"), fallback_value(len(members), cats))
     pipe.execute()
     return len(members)
 

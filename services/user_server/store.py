@@ -6,13 +6,14 @@ Every method takes validated records (pydantic) and returns plain models; the gR
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from leadre_model.data.records import (
-    POSITIVE_ACTIONS,
     Ad,
     AdStatus,
     Behavior,
@@ -22,25 +23,33 @@ from leadre_model.data.records import (
 )
 from services.common import keys
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
-from services.common.listcodec import StoredList, decode_list
+from services.common.idregistry import Names, refresh_async
+from services.common.listcodec import decode_list
+from services.common.liststore import ListView, resolve, stale_namespaces, unpack_parts, view_of
 from services.common.redis_client import async_redis_client, is_cluster, mget
 from services.common.settings import Settings
 from services.common.userstate import (
+    NEWEST_LUA,
+    POSITIVE,
     RECORD_LUA,
+    WRITE_FALLBACK_LUA,
     behavior_member,
+    fallback_value,
     member_fields,
     parse_bounds,
+    parse_fallback_value,
     parse_member,
     tier_of,
+    user_categories,
 )
 from services.user_server.hotcache import HotCache
 
+log = logging.getLogger(__name__)
+
 FALLBACK_HISTORY = 50  # newest behaviours whose categories drive the fallback branch
-POSITIVE = frozenset(a.value for a in POSITIVE_ACTIONS)
 
 
-@dataclass(frozen=True)
-class ServedAd:
+class ServedAd(NamedTuple):  # a tuple: ~30 are built per request (a frozen dataclass cost 3x)
     ad_id: str
     score: float
     ad: Ad | None  # catalog record; None when the ad is unknown to Redis
@@ -48,7 +57,7 @@ class ServedAd:
 
 @dataclass(frozen=True)
 class ListResult:
-    stored: StoredList | None  # None: miss or expired
+    stored: ListView | None  # None: miss or expired
     ads: list[ServedAd]  # the LEADRE list without paused or unknown ads
     fallback: list[ServedAd]
 
@@ -74,6 +83,9 @@ class UserStore:
         self.r = async_redis_client(settings)
         self.rb = async_redis_client(settings, decode_responses=False)  # list blobs
         self._record = self.r.register_script(RECORD_LUA)
+        self._newest = self.r.register_script(NEWEST_LUA)
+        self._write_fallback = self.r.register_script(WRITE_FALLBACK_LUA)
+        self.names = Names()  # the id registry's numbers seen so far (format-3 lists)
         self.cache = HotCache(settings.hot_cache_ttl_s, settings.hot_cache_max_items)
         self._bounds: tuple[float, list[float]] = (0.0, [])
 
@@ -100,25 +112,57 @@ class UserStore:
         return bounds
 
     # -- lists --------------------------------------------------------------------------
-    async def get_list(self, user_id: str, k: int, fallback_k: int) -> ListResult:
+    async def get_list(self, user_id: str, k: int, fallback_k: int,
+                       advertisers: bool = True) -> ListResult:
         """The user's LEADRE list (without paused or unknown ads) and the fallback branch.
-        One round trip when the hot cache has the ads and rankings involved."""
-        pipe = self.rb.pipeline(transaction=False)
-        pipe.hget(keys.user_key(user_id, "list"), "d")
-        pipe.zrevrange(keys.user_key(user_id, "hist"), 0, FALLBACK_HISTORY - 1)
-        pipe.get(keys.CATALOG_VERSION)
-        blob, members, catalog_version = await pipe.execute()
+        One round trip when the list is in format 3, the fallback inputs were precomputed
+        (``fb``, by RecordBehaviors and seed) and the hot cache has the ads and rankings
+        involved; ``advertisers=False`` skips the advertiser priors (retrieve needs none)."""
+        names = [keys.user_key(user_id, "l"), keys.user_key(user_id, "fb"), keys.CATALOG_VERSION]
+        if advertisers:
+            names.append(keys.user_key(user_id, "adv"))
+        # one MGET (a pipeline of GETs cost redis-py ~40 % more CPU); per slot on a cluster
+        blob, fb, catalog_version, *adv = await mget(self.rb, names)
         self.cache.sync(catalog_version)
-        stored = decode_list(blob) if blob else None
+        if blob is not None:
+            stored = await self._resolve(blob, adv[0] if adv else None)
+        else:  # formats 1-2 (written before format 3) are still read
+            old = await self.rb.hget(keys.user_key(user_id, "list"), "d")
+            stored = view_of(decode_list(old)) if old else None
         n_fb = max(fallback_k, k if stored is None else 0)
         ads: list[ServedAd] = []
         if stored is not None:
-            records = await self.cached_ads([a.ad_id for a in stored.ads])
-            ads = [ServedAd(a.ad_id, a.score, rec) for a, rec in zip(stored.ads, records)
-                   if rec is not None and rec.status is AdStatus.ACTIVE]
-            ads = ads[:k] if k else ads
-        fallback = await self._fallback(members, n_fb) if n_fb else []
+            cached = self.cache.ads
+            missing = [a.ad_id for a in stored.ads if a.ad_id not in cached]
+            records = dict(zip(missing, await self.cached_ads(missing))) if missing else cached
+            for a in stored.ads:  # the first k active ones (k = 0: all)
+                rec = records.get(a.ad_id) or cached.get(a.ad_id)
+                if rec is not None and rec.status is AdStatus.ACTIVE:
+                    ads.append(ServedAd(a.ad_id, a.score, rec))
+                    if len(ads) == k:
+                        break
+        fallback: list[ServedAd] = []
+        if n_fb:
+            if fb is not None:
+                cats = parse_fallback_value(fb)[1]
+            else:  # no precomputed inputs (a user seeded before they existed)
+                members = await self.r.zrevrange(keys.user_key(user_id, "hist"), 0,
+                                                 FALLBACK_HISTORY - 1)
+                cats = await self._user_categories(members)
+            fallback = await self._fallback(cats, n_fb)
         return ListResult(stored, ads, fallback)
+
+    async def _resolve(self, blob: bytes, adv: bytes | None) -> ListView | None:
+        """A format-3 list with its numbers resolved (the registry's new numbers fetched
+        first); None for a list of another registry epoch."""
+        parts = unpack_parts(blob, adv)
+        for ns in stale_namespaces(self.names, parts):
+            await refresh_async(self.rb, self.names, ns)
+        view = resolve(self.names, parts)
+        if view is None:
+            log.warning("list of another id registry epoch: served as a miss",
+                        extra={"epoch": parts[0][1].epoch, "registry_epoch": self.names.epoch})
+        return view
 
     async def cached_ads(self, ad_ids: Sequence[str]) -> list[Ad | None]:
         """Ad records through the hot cache (call after ``cache.sync``); misses in one HMGET."""
@@ -130,11 +174,13 @@ class UserStore:
                     self.cache.put_ad(ad)
         return [cached.get(a) for a in ad_ids]
 
-    async def _fallback(self, members: Sequence[bytes], n: int) -> list[ServedAd]:
-        """Top eCPM x popularity ads of the user's most frequent recent categories (from
-        ``members``, the newest history entries), then of the whole catalog; categories
-        share the slots by their frequency."""
-        cats = await self._user_categories(members)
+    async def _fallback(self, cats: list[tuple[str, int]], n: int) -> list[ServedAd]:
+        """Top eCPM x popularity ads of the user's most frequent recent categories
+        (``cats``: category, count), then of the whole catalog; categories share the slots
+        by their frequency. Users with the same categories share one cached answer."""
+        cached = self.cache.fallback(cats, n)
+        if cached is not None:
+            return cached
         wanted = [(keys.fallback_key(c), n) for c, _ in cats] + [(keys.FALLBACK_GLOBAL, 2 * n)]
         ranked = [self.cache.ranking(key, depth) for key, depth in wanted]
         stale = [i for i, r in enumerate(ranked) if r is None]
@@ -157,29 +203,42 @@ class UserStore:
                 if ad_id not in chosen:
                     chosen[ad_id], taken = score, taken + 1
         records = await self.cached_ads(list(chosen))
-        return [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
+        out = [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
+        self.cache.put_fallback(cats, n, out, [key for key, _ in wanted])
+        return out
 
-    async def _user_categories(self, members: Sequence[bytes]) -> list[tuple[str, int]]:
+    async def _user_categories(self, members: Sequence[str]) -> list[tuple[str, int]]:
         """Most frequent categories of the positive behaviours among ``members`` (history
-        zset members, newest first). Parsed without building Behavior records: hot path."""
+        zset members, newest first), through the hot cache."""
         ad_ids: list[str] = []
         content_ids: list[str] = []
         for m in members:
-            _, domain, action, item_id = member_fields(m.decode())
+            _, domain, action, item_id = member_fields(m)
             if action in POSITIVE:
                 (ad_ids if domain == Domain.AD.value else content_ids).append(item_id)
-        cats: Counter[str] = Counter()
-        for ad in await self.cached_ads(ad_ids):
-            if ad is not None:
-                cats[ad.category_l2] += 1
+        ad_category = {ad.ad_id: ad.category_l2 for ad in await self.cached_ads(ad_ids) if ad}
         known = self.cache.content_category
         missing = [c for c in dict.fromkeys(content_ids) if c not in known]
         if missing:
             for cid, cat in zip(missing, await self.r.hmget(keys.CONTENT_CATEGORY, missing)):
                 if cat:
                     self.cache.put_content_category(cid, cat)
-        cats.update(known[c] for c in content_ids if c in known)
-        return cats.most_common(self.s.fallback_categories)
+        return user_categories(members, ad_category, known, self.s.fallback_categories)
+
+    async def refresh_fallback_inputs(self, user_ids: Sequence[str]) -> None:
+        """Recompute the ``fb`` key (the fallback branch's categories) of each user from their
+        newest behaviours, so a retrieval reads it instead of the history; a write of an
+        older state never replaces a newer one (concurrent user servers)."""
+        async def one(user_id: str) -> None:
+            seq, *members = await self._newest(
+                keys=[keys.user_key(user_id, "hist"), keys.user_key(user_id, "seq")],
+                args=[FALLBACK_HISTORY])
+            cats = await self._user_categories(members)
+            await self._write_fallback(keys=[keys.user_key(user_id, "fb")],
+                                       args=[int(seq), fallback_value(int(seq), cats)])
+
+        self.cache.sync(await self.rb.get(keys.CATALOG_VERSION))
+        await asyncio.gather(*(one(u) for u in dict.fromkeys(user_ids)))
 
     # -- users --------------------------------------------------------------------------
     async def get_user(self, user_id: str, recent: int) -> UserView:
@@ -236,6 +295,7 @@ class UserStore:
                           maxlen=self.s.behavior_stream_maxlen, approximate=True)
             added.append(bool(new))
         ids = iter(await pipe.execute())
+        await self.refresh_fallback_inputs([b.user_id for b, new in zip(behaviors, added) if new])
         return [next(ids) if new else "" for new in added]
 
     # -- ads ----------------------------------------------------------------------------

@@ -229,8 +229,9 @@ class DelayProxy:
 
 
 class VersionSampler:
-    """Samples every user's list version (``lv`` and the stored list's ``v``) on a thread
-    every ``every`` seconds and records any value lower than one seen before."""
+    """Samples every user's list version (``lv`` and the stored list's own version) on a
+    thread every ``every`` seconds and records any value lower than one seen before. ``r``
+    must return bytes (the list is binary)."""
 
     def __init__(self, r: redis.Redis, users: list[str], every: float = 0.02) -> None:
         self.r, self.users, self.every = r, users, every
@@ -250,18 +251,21 @@ class VersionSampler:
 
     def _run(self) -> None:
         from services.common.keys import user_key
+        from services.common.listcodec import version_of
 
         while not self._stop.wait(self.every):
             pipe = self.r.pipeline(transaction=False)
             for u in self.users:
                 pipe.get(user_key(u, "lv"))
-                pipe.hget(user_key(u, "list"), "v")
+                pipe.get(user_key(u, "l"))
             vals = pipe.execute()
             for i, u in enumerate(self.users):
-                for key, raw in (("lv", vals[2 * i]), ("list", vals[2 * i + 1])):
-                    if raw is None:
+                lv, blob = vals[2 * i], vals[2 * i + 1]
+                for key, v in (("lv", None if lv is None else int(lv)),
+                               ("list", None if blob is None else version_of(blob))):
+                    if v is None:
                         continue
-                    v, before = int(raw), self.last.get((u, key), -1)
+                    before = self.last.get((u, key), -1)
                     if v < before:
                         self.decreases.append((u, key, before, v))
                     self.last[(u, key)] = max(v, before)
@@ -290,3 +294,12 @@ def retrieve_via_mixer(bg: BackgroundLoop, settings: Settings, user_server: str,
         finally:
             bg.run(proc.stop(0.5))
     return out
+
+
+def one_registry_version(settings: Settings, version_dir: Path) -> None:
+    """``<registry>/versions/v1`` → ``version_dir`` and CURRENT naming it (what a worker
+    needs to start; no weights are loaded)."""
+    registry = Path(settings.registry_dir)
+    (registry / "versions").mkdir(parents=True)
+    (registry / "versions" / "v1").symlink_to(version_dir, target_is_directory=True)
+    (registry / "CURRENT").write_text("v1")

@@ -19,7 +19,7 @@ from leadre_model.data.records import Ad
 from services.common import keys
 from services.common.contracts import CATALOG_STREAM
 from services.common.convert import ad_to_pb
-from services.common.listcodec import decode_list
+from services.common.liststore import read_list
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.settings import Settings
@@ -114,6 +114,7 @@ def test_a_paused_ad_leaves_the_live_trie_without_a_restart(live) -> None:
 
 def _stored(user: str) -> list[str]:
     """The list as the worker wrote it (binary: read without decoding responses)."""
-    raw = redis.Redis(connection_pool=redis.ConnectionPool.from_url(f"{REDIS_BASE}/14")).hget(
-        keys.user_key(user, "list"), "d")
-    return [a.ad_id for a in decode_list(raw).ads]
+    stored = read_list(redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+        f"{REDIS_BASE}/14")), user)
+    assert stored is not None
+    return [a.ad_id for a in stored.ads]

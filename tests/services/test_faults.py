@@ -38,7 +38,7 @@ import redis
 
 from services.common import keys
 from services.common.contracts import INSTANCES_KEY
-from services.common.listcodec import decode_list
+from services.common.liststore import read_list
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.settings import Settings
@@ -332,7 +332,8 @@ def _assert_nothing_lost(rds: redis.Redis, users: list[str], version: str, timeo
     raw = redis.Redis.from_url(FAULT_DB)
     for u in users:
         seq = int(rds.get(keys.user_key(u, "seq")))
-        stored = decode_list(raw.hget(keys.user_key(u, "list"), "d"))
+        stored = read_list(raw, u)
+        assert stored is not None
         assert int(rds.get(keys.user_key(u, "lv"))) == stored.version == seq
         assert stored.model_version == version and stored.ads
     raw.close()
@@ -355,7 +356,7 @@ def test_worker_sigkilled_at_random_points_loses_nothing_and_never_goes_back(
     try:
         for w in workers:
             w.start()
-        with VersionSampler(rds, users) as sampler:
+        with VersionSampler(redis.Redis.from_url(FAULT_DB), users) as sampler:
             replay = Replay(user_server, users, ads, seed=7).start()
             try:
                 for k in range(4):

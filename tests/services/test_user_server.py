@@ -91,7 +91,7 @@ def test_list_hit_miss_fallback_and_paused_ads(stub: pb_grpc.UserServerStub, rds
     hit = stub.GetList(pb.GetListRequest(user_id=user, k=0))
     assert hit.hit and hit.version == 7 and hit.model_version == "m1" and not hit.fallback
     assert [a.ad_id for a in hit.ads] == ads and hit.advertisers[0].advertiser_id == "adv1"
-    assert 0 < rds.pttl(keys.user_key(user, "list")) <= settings.list_ttl_s * 1000
+    assert 0 < rds.pttl(keys.user_key(user, "l")) <= settings.list_ttl_s * 1000
     # A paused ad leaves the served list at once.
     paused = Ad.model_validate({**Ad.model_validate_json(rds.hget(keys.ADS, ads[0])).model_dump(),
                                 "status": "paused"})
