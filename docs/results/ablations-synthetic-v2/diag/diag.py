@@ -5,7 +5,8 @@ from pathlib import Path
 from leadre_model.experiments.ablations import AblationConfig
 from leadre_model.data.synth import generate_world
 from leadre_model.data.store import load_ads
-from leadre_model.config import PRESETS, IndexConfig, preset_for
+from leadre_model.index.rqvae import PRESETS, preset_for
+from leadre_model.index.sid_index import IndexConfig
 from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data, evaluate
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
