@@ -5,7 +5,8 @@ the key groups that share a transaction or a script share a slot; the User Serve
 group, snapshots, balancing counter, versioned writes, dead letters), the catalog applier,
 the Mixer (both list sources, real uvicorn), the daily export and the seed's flush all run on it; the
 master that holds the behaviour stream fails over to its replica while behaviours are being
-recorded and consumed, and no event is lost."""
+recorded and consumed, and no event is lost. And the same settings in real `leadre serve`
+processes (user server, worker, mixer), across a second failover."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis
 from redis.crc import key_slot
@@ -29,11 +31,17 @@ from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.redis_client import async_redis_client, mget, redis_client
 from services.common.settings import Settings
-from services.launcher import settings_env
+from services.launcher import LocalStack, free_port, settings_env
 from services.replay import post_behaviors
 from services.user_server.seed import flush_leadre_keys, seed_world
 from tests.services.common.cluster import LocalCluster
-from tests.services.helpers import BackgroundLoop, StandInClient, retrieve_via_mixer, wait_until
+from tests.services.helpers import (
+    BackgroundLoop,
+    StandInClient,
+    one_registry_version,
+    retrieve_via_mixer,
+    wait_until,
+)
 
 USERS = 12
 
@@ -186,3 +194,38 @@ def test_services_on_the_cluster_across_a_failover(
     # The daily export scans every master; the seed's flush deletes across slots.
     assert export_world(rds, tmp_path / "export")["users"] == 30
     assert flush_leadre_keys(rds) > 0 and not list(rds.scan_iter("leadre:*"))
+
+
+def test_real_processes_on_the_cluster_across_a_failover(
+        settings: Settings, rds: redis.RedisCluster, redis_cluster: LocalCluster,
+        version_dir: Path, tmp_path: Path) -> None:
+    """`leadre serve user-server|worker|mixer` as the launcher's children (the cluster
+    settings passed as LEADRE_* variables): the worker joins its group, behaviours recorded
+    before and after a failover of the stream's master all reach the stream, the Mixer
+    answers, and every process drains and exits 0 on SIGTERM."""
+    s = settings.model_copy(update={"user_server_port": free_port(), "mixer_http_port": free_port(),
+                                    "mixer_grpc_port": free_port()})
+    s = s.model_copy(update={"user_server_addr": f"127.0.0.1:{s.user_server_port}"})
+    one_registry_version(s, version_dir)
+    stack = LocalStack(s, log_dir=tmp_path / "logs", worker_name="w-cluster-child")
+    stack.start(("worker", "user-server", "mixer"))
+    try:
+        wait_until(lambda: stack.worker_joined() and stack.mixer_ready(), 60,
+                   "the worker in its group and the mixer ready")
+        with grpc.insecure_channel(s.user_server_addr) as ch:
+            record = pb_grpc.UserServerStub(ch).RecordBehaviors
+            for i in range(2):
+                if i:
+                    redis_cluster.failover(redis_cluster.master_of(keys.BEHAVIOR_STREAM))
+                record(pb.RecordBehaviorsRequest(behaviors=[pb.Behavior(
+                    user_id="u_child", ts=1_900_000_000 + i, domain="ad", action="click",
+                    item_id="a0001")]), timeout=10)
+        wait_until(lambda: rds.xlen(keys.BEHAVIOR_STREAM) == 2, 10, "both events")
+        got = httpx.post(f"http://127.0.0.1:{s.mixer_http_port}/v1/retrieve", timeout=10,
+                         json={"user_id": "u_child", "k": 3})
+        assert got.status_code == 200 and not got.json()["list_hit"]  # no inference here
+        assert not stack.dead()
+    finally:
+        codes = stack.stop(timeout_s=20)
+    logs = {p.name: p.read_text(errors="replace")[-1500:] for p in (tmp_path / "logs").iterdir()}
+    assert codes == {"mixer": 0, "user-server": 0, "worker": 0}, logs

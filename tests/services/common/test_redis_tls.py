@@ -43,7 +43,13 @@ from services.launcher import LocalStack, free_port_block, require_redis, settin
 from services.replay import post_behaviors
 from services.user_server.seed import seed_world
 from tests.services.common.conftest import TlsRedis
-from tests.services.helpers import BackgroundLoop, StandInClient, retrieve_via_mixer, wait_until
+from tests.services.helpers import (
+    BackgroundLoop,
+    StandInClient,
+    one_registry_version,
+    retrieve_via_mixer,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -76,14 +82,6 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
             "LEADRE_REDIS_PASSWORD": settings.redis_password.get_secret_value(),
             "LEADRE_REDIS_TLS_CA": str(settings.redis_tls_ca), "LEADRE_LOG_JSON": "false",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
-
-
-def _one_registry_version(settings: Settings, version_dir: Path) -> None:
-    """``<registry>/versions/v1`` → ``version_dir`` and CURRENT naming it."""
-    registry = Path(settings.registry_dir)
-    (registry / "versions").mkdir(parents=True)
-    (registry / "versions" / "v1").symlink_to(version_dir, target_is_directory=True)
-    (registry / "CURRENT").write_text("v1")
 
 
 def test_plain_text_unverified_and_unauthenticated_clients_are_refused(
@@ -154,7 +152,7 @@ def test_catalog_loop_over_tls(settings: Settings, rds: redis.Redis, user_server
                                svc_world, version_dir: Path) -> None:
     from services.nearline.run import catalog_loop
 
-    _one_registry_version(settings, version_dir)
+    one_registry_version(settings, version_dir)
     base = load_ads(svc_world[0])[3]
     new = Ad.model_validate({**base.model_dump(), "ad_id": "ad_tls_1", "name": "TLS kettle"})
     pb_grpc.UserServerStub(grpc.insecure_channel(user_server)).UpdateAds(
@@ -229,7 +227,7 @@ def test_live_demo_and_the_launchers_children_over_tls(
     # The demo's processes: children of the launcher, settings passed as LEADRE_* variables.
     s = live_settings(tmp_path / "demo")
     assert settings_env(s)["LEADRE_REDIS_PASSWORD"] == _env(settings)["LEADRE_REDIS_PASSWORD"]
-    _one_registry_version(s, version_dir)
+    one_registry_version(s, version_dir)
     stack = LocalStack(s, log_dir=tmp_path / "logs", worker_name="w-tls-child")
     stack.start(("worker", "user-server"))
     try:
