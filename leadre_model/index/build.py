@@ -12,7 +12,7 @@ import numpy as np
 
 from leadre_model.data.records import Ad, AdStatus
 from leadre_model.errors import BadInputError
-from leadre_model.index.collab import CollabEmbedding, fit_collab, fuse
+from leadre_model.index.collab import CollabEmbedding, cold_start_agreement, fit_collab, fuse
 from leadre_model.index.embed import TextEmbedder
 from leadre_model.index.live import CatalogEvent, CatalogOp, LiveIndex
 from leadre_model.index.rqvae import RQVAE, train_rqvae
@@ -112,8 +112,10 @@ def build_index(
         "train_log": asdict(log),
     }
     if collab is not None:
-        index.stats["collab"] = {"ads_with_traffic": int((collab.counts > 0).sum()),
-                                 "weight": cfg.collab.weight}
+        index.stats["collab"] = {
+            "ads_with_traffic": int((collab.counts > 0).sum()), "weight": cfg.collab.weight,
+            "cold_start": cold_start_agreement(lambda x: model.encode_codes(x)[0], emb, collab,
+                                               cfg.collab.weight)}
     t0 = time.perf_counter()
     save_index(out, index, model, emb, trie, collab)
     timings["save_s"] = time.perf_counter() - t0

@@ -141,3 +141,19 @@ def fuse(text_emb: np.ndarray, collab: np.ndarray, weight: float) -> np.ndarray:
     """RQ-VAE input: both unit-norm parts, scaled so ``weight`` is the collaborative share
     of the squared norm (and of every distance the k-means/codebooks see)."""
     return np.c_[np.sqrt(1 - weight) * text_emb, np.sqrt(weight) * collab].astype(np.float32)
+
+
+def cold_start_agreement(encode, text_emb: np.ndarray, collab: CollabEmbedding,
+                         weight: float, min_count: int = 5) -> dict[str, float]:
+    """What collaborative S-IDs cost a new ad, measured on ads with traffic: re-encode each
+    as if it were new (collaborative part predicted from its text) and count how often its
+    first code, and its first two codes, match those its own traffic gives it. Text-only
+    S-IDs score 1.0 by construction. ``encode``: embeddings → (N, M) codes."""
+    rows = np.flatnonzero(collab.counts >= min_count)
+    if len(rows) == 0:
+        return {"ads": 0}
+    own = encode(fuse(text_emb[rows], collab.vectors[rows], weight))
+    cold = encode(fuse(text_emb[rows], collab.predict(text_emb[rows]), weight))
+    return {"ads": len(rows), "min_count": min_count,
+            "first_code_agreement": float((own[:, 0] == cold[:, 0]).mean()),
+            "prefix2_agreement": float((own[:, :2] == cold[:, :2]).all(1).mean())}

@@ -117,6 +117,7 @@ def build_report(index_dir: Path, ads: Sequence[Ad], out: Path | None = None) ->
         "rqvae_epochs_run": stats.get("train_log", {}).get("epochs_run"),
         "rqvae_stop_reason": stats.get("train_log", {}).get("stop_reason", ""),
         "embedding": stats.get("embedding", {}),
+        "collab": stats.get("collab"),
     }
     plots = _plots(meta, index.codes, rq.codebook_size, out)
     (out / "report.json").write_text(json.dumps({"figures": figures, "config": meta["config"]}, indent=2))
@@ -170,6 +171,7 @@ def render_markdown(fig: dict[str, Any], meta: dict[str, Any], plots: list[str])
         *[f"![{p}]({p})" for p in plots],
         "",
         *_training_lines(fig),
+        *_collab_lines(fig),
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in fig["timings"].items()),
         "",
         "## Config",
@@ -196,3 +198,19 @@ def _training_lines(fig: dict[str, Any]) -> list[str]:
                    f"({threads or 'none'}), {emb['cached']:,} from the cache, "
                    f"{emb['duplicates']:,} duplicates."), ""]
     return lines
+
+
+def _collab_lines(fig: dict[str, Any]) -> list[str]:
+    """Collaborative S-IDs: how many ads had traffic, and what placement a new ad loses."""
+    c = fig.get("collab")
+    if not c:
+        return []
+    cold = c.get("cold_start", {})
+    line = (f"Collaborative S-IDs: weight {c['weight']}, {c['ads_with_traffic']:,} ads with "
+            f"training traffic.")
+    if cold.get("ads"):
+        line += (f" Re-encoded as if new (collaborative part predicted from text), "
+                 f"{cold['ads']:,} ads with ≥ {cold['min_count']} training targets keep their "
+                 f"first code {cold['first_code_agreement']:.1%} and first two codes "
+                 f"{cold['prefix2_agreement']:.1%} of the time (text-only S-IDs: 100 %).")
+    return [line, ""]

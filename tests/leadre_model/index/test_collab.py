@@ -12,6 +12,7 @@ from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.errors import BadInputError
 from leadre_model.index.build import add_ads, build_index
 from leadre_model.index.collab import CollabConfig, CollabEmbedding, fit_collab, fuse
+from leadre_model.index.report import build_report
 from leadre_model.index.rqvae import PRESETS
 from leadre_model.index.sid_index import IndexConfig, load_index, load_trie
 
@@ -77,6 +78,10 @@ def test_collab_index_build_and_add(tmp_path, small_ads, embed_cache):
                         sequences=seqs)
     assert index.stats["collab"]["ads_with_traffic"] == len(set(np.concatenate(seqs)))
     assert len(np.unique(index.codes, axis=0)) == 500
+    cold = index.stats["collab"]["cold_start"]
+    assert cold["ads"] > 0 and 0 <= cold["prefix2_agreement"] <= cold["first_code_agreement"] <= 1
+    build_report(out, small_ads[:500], tmp_path / "report")
+    assert "Collaborative S-IDs: weight 0.8" in (tmp_path / "report" / "report.md").read_text()
     # first-level codes follow the co-engagement groups more than text-only ones do
     text_only = build_index(small_ads[:500], tmp_path / "text", IndexConfig(rqvae=rq),
                             cache_path=embed_cache, progress=False)
