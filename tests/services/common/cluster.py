@@ -1,6 +1,7 @@
 """A real local Redis Cluster for the tests: 3 masters + 3 replicas, each a ``redis-server
 --cluster-enabled yes`` on a loopback port (7100-7199, cluster bus at +10000), all with
-``requirepass``/``masterauth``, joined by ``redis-cli --cluster create --cluster-replicas 1``.
+``requirepass``/``masterauth``, joined by ``redis-cli --cluster create --cluster-replicas 1``;
+optionally TLS only (``--tls-port``, ``--tls-cluster``, ``--tls-replication``).
 :meth:`LocalCluster.failover` promotes a master's replica (``CLUSTER FAILOVER``: the replica
 catches up with the master's replication offset first, so no acknowledged write is lost)."""
 
@@ -40,15 +41,28 @@ def free_cluster_ports() -> list[int]:
 
 @dataclass
 class LocalCluster:
-    d: Path  # nodes' config files, logs
+    d: Path  # nodes' config files, logs; with ``tls``, also ca.crt, server.crt/.key
     password: str
+    tls: bool = False  # TLS only: clients, the cluster bus and replication
     ports: list[int] = field(default_factory=free_cluster_ports)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         """The first node: where clients start (they learn the rest from it)."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.ports[0]}/0"
+
+    @property
+    def ca(self) -> Path:
+        return self.d / "ca.crt"
+
+    def _listen(self, port: int) -> list[str]:
+        if not self.tls:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes",
+                "--tls-replication", "yes", "--tls-cert-file", str(self.d / "server.crt"),
+                "--tls-key-file", str(self.d / "server.key"), "--tls-ca-cert-file",
+                str(self.ca), "--tls-auth-clients", "no"]
 
     @property
     def other_nodes(self) -> str:
@@ -56,14 +70,15 @@ class LocalCluster:
         return ",".join(f"127.0.0.1:{p}" for p in self.ports[1:])
 
     def node(self, port: int) -> redis.Redis:
+        tls = {"ssl": True, "ssl_ca_certs": str(self.ca)} if self.tls else {}
         return redis.Redis(port=port, password=self.password, decode_responses=True,
-                           socket_timeout=5)
+                           socket_timeout=5, **tls)
 
     def start(self, timeout_s: float = 30) -> LocalCluster:
         for p in self.ports:
             with (self.d / f"{p}.log").open("wb") as out:
                 self.procs.append(subprocess.Popen(
-                    ["redis-server", "--port", str(p), "--bind", "127.0.0.1",
+                    ["redis-server", *self._listen(p), "--bind", "127.0.0.1",
                      "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{p}.conf",
                      "--cluster-node-timeout", "2000", "--dir", str(self.d),
                      "--save", "", "--appendonly", "no", "--requirepass", self.password,
@@ -72,7 +87,8 @@ class LocalCluster:
                     stdout=out, stderr=subprocess.STDOUT))
         for p in self.ports:
             self._wait(lambda p=p: self.node(p).ping(), timeout_s, f"node {p} answering")
-        subprocess.run(["redis-cli", "-a", self.password, "--no-auth-warning", "--cluster",
+        tls = ["--tls", "--cacert", str(self.ca)] if self.tls else []
+        subprocess.run(["redis-cli", *tls, "-a", self.password, "--no-auth-warning", "--cluster",
                         "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", "1", "--cluster-yes"],
                        check=True, capture_output=True, timeout=timeout_s)
@@ -150,6 +166,10 @@ class LocalCluster:
             with contextlib.suppress(redis.RedisError):
                 if cond():
                     return
+            for port, proc in zip(self.ports, self.procs):
+                if proc.poll() is not None:
+                    log = (self.d / f"{port}.log").read_text(errors="replace")[-1000:]
+                    raise RuntimeError(f"redis-server on {port} exited: {log}")
             if time.monotonic() > deadline:
                 logs = {p: (self.d / f"{p}.log").read_text(errors="replace")[-500:]
                         for p in self.ports}

@@ -44,14 +44,16 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_certs(d: Path) -> None:
+def make_certs(d: Path, client_auth: bool = False) -> None:
     """``ca.crt`` / ``ca.key`` (a self-signed CA) and ``server.crt`` / ``server.key`` (signed
-    by it, SAN 127.0.0.1 and localhost) in ``d``; P-256 keys, valid two days."""
+    by it, SAN 127.0.0.1 and localhost) in ``d``; P-256 keys, valid two days. ``client_auth``:
+    the certificate may serve as a client's too (cluster nodes present it to each other)."""
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
              "-subj", "/CN=leadre test CA", "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    (d / "server.ext").write_text(SERVER_EXT)
+    ext = SERVER_EXT.replace("= serverAuth", "= serverAuth, clientAuth") if client_auth else SERVER_EXT
+    (d / "server.ext").write_text(ext)
     _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
              cwd=d)
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -114,5 +116,26 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster = LocalCluster(d, password="pw-cluster-" + d.name)
     try:
         yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The same cluster speaking only TLS (certificates as for ``tls_redis``)."""
+    for tool in ("redis-server", "redis-cli", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"Redis Cluster TLS tests need `{tool}` on PATH")
+    d = tmp_path_factory.mktemp("redis-cluster-tls")
+    make_certs(d, client_auth=True)
+    cluster = LocalCluster(d, password="pw-cluster-tls-" + d.name, tls=True)
+    try:
+        try:
+            cluster.start()
+        except RuntimeError as exc:
+            if "bad directive" in str(exc).lower() and "tls" in str(exc).lower():
+                pytest.skip(f"redis-server lacks TLS support: {str(exc)[-300:]}")
+            raise
+        yield cluster
     finally:
         cluster.stop()

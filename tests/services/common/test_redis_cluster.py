@@ -31,6 +31,7 @@ from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.redis_client import async_redis_client, mget, redis_client
 from services.common.settings import Settings
+from services.common.userstate import read_snapshot
 from services.launcher import LocalStack, free_port, settings_env
 from services.replay import post_behaviors
 from services.user_server.seed import flush_leadre_keys, seed_world
@@ -229,3 +230,36 @@ def test_real_processes_on_the_cluster_across_a_failover(
         codes = stack.stop(timeout_s=20)
     logs = {p.name: p.read_text(errors="replace")[-1500:] for p in (tmp_path / "logs").iterdir()}
     assert codes == {"mixer": 0, "user-server": 0, "worker": 0}, logs
+
+
+def test_tls_cluster(tls_cluster: LocalCluster) -> None:
+    """rediss:// + the CA + the password on a TLS-only cluster (client port, cluster bus and
+    replication): every node's connection is TLS; the user server's scripts (a cluster
+    pipeline, asyncio) and the worker's snapshot MULTI (sync) run over it; a client without
+    the CA is refused."""
+    from services.user_server.store import UserStore
+
+    s = Settings(redis_url=tls_cluster.url, redis_cluster=True,
+                 redis_cluster_nodes=tls_cluster.other_nodes, redis_password=tls_cluster.password,
+                 redis_tls_ca=str(tls_cluster.ca))
+    r = redis_client(s)
+    assert r.ping() and len(r.get_nodes()) == 6
+    assert {n.redis_connection.connection_pool.connection_class.__name__
+            for n in r.get_nodes()} == {"SSLConnection"}
+    users = [f"u_tls_{i}" for i in range(6)]
+
+    async def record() -> list[str]:
+        store = UserStore(s)
+        try:
+            return await store.record_behaviors([
+                Behavior(user_id=u, ts=1_900_000_000, domain="ad", action="click", item_id="a1")
+                for u in users])
+        finally:
+            await store.close()
+
+    assert all(asyncio.run(record()))
+    assert [read_snapshot(r, u).seq for u in users] == [1] * len(users)
+    with pytest.raises((redis.RedisError, RedisClusterException)):
+        redis_client(s.model_copy(update={"redis_tls_ca": None}), socket_timeout=3).ping()
+    r.flushdb()
+    r.close()
