@@ -303,12 +303,3 @@ def one_registry_version(settings: Settings, version_dir: Path) -> None:
     (registry / "versions").mkdir(parents=True)
     (registry / "versions" / "v1").symlink_to(version_dir, target_is_directory=True)
     (registry / "CURRENT").write_text("v1")
-
-
-def one_registry_version(settings: Settings, version_dir: Path) -> None:
-    """``<registry>/versions/v1`` → ``version_dir`` and CURRENT naming it (what a worker
-    needs to start; no weights are loaded)."""
-    registry = Path(settings.registry_dir)
-    (registry / "versions").mkdir(parents=True)
-    (registry / "versions" / "v1").symlink_to(version_dir, target_is_directory=True)
-    (registry / "CURRENT").write_text("v1")
