@@ -31,12 +31,14 @@ def _free(port: int) -> bool:
 
 
 def free_cluster_ports() -> list[int]:
-    """Six consecutive ports in 7100-7199 whose cluster bus ports (+10000) are free too."""
-    for base in range(PORT_RANGE.start, PORT_RANGE.stop - NODES + 1, NODES):
-        ports = list(range(base, base + NODES))
-        if all(_free(p) and _free(p + BUS_OFFSET) for p in ports):
-            return ports
-    raise RuntimeError("no 6 free ports (and bus ports +10000) in 7100-7199")
+    """Six consecutive ports in 7100-7199 (else in 30000-39999) whose cluster bus ports
+    (+10000) are free too."""
+    for span in (PORT_RANGE, range(30_000, 40_000)):
+        for base in range(span.start, span.stop - NODES + 1, NODES):
+            ports = list(range(base, base + NODES))
+            if all(_free(p) and _free(p + BUS_OFFSET) for p in ports):
+                return ports
+    raise RuntimeError("no 6 free ports (and bus ports +10000) in 7100-7199 or 30000-39999")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_services_on_the_cluster_across_a_failover(
         # call) and consumed; then more behaviours, and a malformed entry (dead letter).
         old = redis_cluster.master_of(keys.BEHAVIOR_STREAM)
         during = threading.Thread(target=post_behaviors, args=(user_server, behaviors(1, 2)),
-                                  kwargs={"batch": 1})
+                                  kwargs={"batch": 1, "between": lambda _: time.sleep(0.05)})
         during.start()
         promoted = redis_cluster.failover(old)
         during.join(30)
