@@ -183,8 +183,10 @@ def _spy(out: Path, procs: list[subprocess.Popen[bytes]], seconds: float
          ) -> list[subprocess.Popen[bytes]]:
     out.mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).parent / "py-spy")
+    # --gil: samples of the thread holding the GIL, i.e. Python's own work (a socket write
+    # waiting in the kernel, or preempted by other processes, is not counted)
     return [subprocess.Popen([spy, "record", "-p", str(p.pid), "-d", str(int(seconds)), "-r", "200",
-                              "-f", fmt, "-o", str(out / f"{name}.{ext}")],
+                              "--gil", "-f", fmt, "-o", str(out / f"{name}.{ext}")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for p, name in zip(procs, ("user_server", "mixer"))
             for fmt, ext in (("speedscope", "speedscope.json"),)]

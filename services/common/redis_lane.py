@@ -1,6 +1,7 @@
-"""The Mixer's hot read on one pipelined Redis connection: commands of concurrent requests
-are written to the same connection as they come and their replies, which Redis returns
-in order, are parsed by hiredis (the C parser redis-py uses) and handed back in order.
+"""The Mixer's hot read on one pipelined Redis connection: the commands of concurrent requests
+go out together in one write per event-loop iteration, and their replies, which Redis
+returns in order, are parsed by hiredis (the C parser redis-py uses) and handed back in
+order.
 
 Why not redis-py for this one read: its asyncio command path (connection pool, retry and
 timeout wrappers, encoders) cost ~0.08 ms of CPU per MGET against ~0.025 ms for the same
@@ -45,6 +46,7 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self._out: list[bytes] = []  # commands of this loop iteration, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,11 +71,19 @@ class _Connection(asyncio.Protocol):
                 fut.set_exception(err)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.pending.append(fut)
-        assert self.transport is not None
-        self.transport.write(command)
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(command)
         return fut
+
+    def _flush(self) -> None:
+        """One write (one syscall) for the commands of concurrent requests."""
+        data, self._out = b"".join(self._out), []
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -32,12 +32,11 @@ def merge(leadre: Sequence[dict], fallback: Sequence[dict], k: int,
     take(leadre, quota)
     take(fallback, k)
     take(leadre, k)
-    c = Consumption()
+    both = leadre_only = 0  # counted in ints: a pydantic attribute update per ad cost more
     for a in out:
         if a["ad_id"] in in_leadre and a["ad_id"] in in_fallback:
-            c.both += 1
+            both += 1
         elif a["ad_id"] in in_leadre:
-            c.leadre_exclusive += 1
-        else:
-            c.fallback_exclusive += 1
-    return out, c
+            leadre_only += 1
+    return out, Consumption(leadre_exclusive=leadre_only, both=both,
+                            fallback_exclusive=len(out) - both - leadre_only)

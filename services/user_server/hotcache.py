@@ -8,11 +8,14 @@ parsing of ad records were ~70 % of the user server's time).
 * The top of each fallback zset: refreshed after ``ttl_s`` (popularity scores drift
   slowly; the fallback branch is allowed to be that stale).
 * The fallback branch's answer per (user categories, n): users with the same categories
-  get the same ads; kept as long as the rankings it was built from (``ttl_s``, catalog).
+  get the same ads; valid while every ranking it was built from is fresh and unchanged (a
+  refresh that reads the same entries keeps the ranking's generation, so the answer
+  outlives ``ttl_s`` as long as popularity does not move).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ class Ranked:
     expires: float  # time.monotonic()
     depth: int  # how many entries were asked for
     entries: list[tuple[str, float]]
+    gen: int  # changes when a refresh reads other entries
 
 
 class HotCache:
@@ -36,7 +40,8 @@ class HotCache:
         self.served: dict[str, dict[str, Any]] = {}  # ad_id -> the fields a served ad shows
         self.content_category: dict[str, str] = {}
         self.ranked: dict[str, Ranked] = {}
-        self.fallbacks: dict[tuple[Any, ...], tuple[float, list[Any]]] = {}
+        self.fallbacks: dict[tuple[Any, ...], tuple[tuple[int, ...], list[Any]]] = {}
+        self._gens = itertools.count()
 
     def sync(self, catalog_version: bytes | None) -> None:
         """Forget ad records and rankings when the catalog changed since they were read."""
@@ -68,19 +73,35 @@ class HotCache:
         return r.entries[:depth]
 
     def put_ranking(self, key: str, depth: int, entries: list[tuple[str, float]]) -> None:
-        self.ranked[key] = Ranked(time.monotonic() + self.ttl_s, depth, entries)
+        prev = self.ranked.get(key)
+        same = prev is not None and prev.depth == depth and prev.entries == entries
+        self.ranked[key] = Ranked(time.monotonic() + self.ttl_s, depth, entries,
+                                  prev.gen if same and prev else next(self._gens))
 
-    def fallback(self, cats: Sequence[tuple[str, int]], n: int) -> list[Any] | None:
+    def _gens_of(self, rankings: Sequence[tuple[str, int]]) -> tuple[int, ...] | None:
+        """Generations of the (key, depth) rankings; None if one is missing or stale."""
+        now, out = time.monotonic(), []
+        for key, depth in rankings:
+            r = self.ranked.get(key)
+            if r is None or r.depth < depth or now > r.expires:
+                return None
+            out.append(r.gen)
+        return tuple(out)
+
+    def fallback(self, cats: Sequence[tuple[str, int]], n: int,
+                 rankings: Sequence[tuple[str, int]]) -> list[Any] | None:
+        """The answer built for these categories from these (key, depth) rankings, if they
+        are all fresh and unchanged since."""
         hit = self.fallbacks.get((*cats, n))
-        if hit is None or time.monotonic() > hit[0]:
+        if hit is None or hit[0] != self._gens_of(rankings):
             return None
         return hit[1]
 
     def put_fallback(self, cats: Sequence[tuple[str, int]], n: int, served: list[Any],
-                     rankings: Sequence[str]) -> None:
-        """``served`` expires with the first of the cached ``rankings`` it was built from."""
+                     rankings: Sequence[tuple[str, int]]) -> None:
+        gens = self._gens_of(rankings)
+        if gens is None:
+            return
         if len(self.fallbacks) >= self.max_items:
             self.fallbacks.clear()
-        expires = min((self.ranked[k].expires for k in rankings if k in self.ranked),
-                      default=time.monotonic() + self.ttl_s)
-        self.fallbacks[(*cats, n)] = (expires, served)
+        self.fallbacks[(*cats, n)] = (gens, served)

@@ -184,10 +184,10 @@ class UserStore:
         """Top eCPM x popularity ads of the user's most frequent recent categories
         (``cats``: category, count), then of the whole catalog; categories share the slots
         by their frequency. Users with the same categories share one cached answer."""
-        cached = self.cache.fallback(cats, n)
+        wanted = [(keys.fallback_key(c), n) for c, _ in cats] + [(keys.FALLBACK_GLOBAL, 2 * n)]
+        cached = self.cache.fallback(cats, n, wanted)
         if cached is not None:
             return cached
-        wanted = [(keys.fallback_key(c), n) for c, _ in cats] + [(keys.FALLBACK_GLOBAL, 2 * n)]
         ranked = [self.cache.ranking(key, depth) for key, depth in wanted]
         stale = [i for i, r in enumerate(ranked) if r is None]
         if stale:
@@ -198,6 +198,9 @@ class UserStore:
                 entries = [(a, float(sc)) for a, sc in entries]
                 self.cache.put_ranking(wanted[i][0], wanted[i][1], entries)
                 ranked[i] = entries
+            cached = self.cache.fallback(cats, n, wanted)  # the refresh read the same tops
+            if cached is not None:
+                return cached
         total = sum(w for _, w in cats) or 1
         quotas = [max(1, round(n * w / total)) for _, w in cats] + [n]
         chosen: dict[str, float] = {}
@@ -210,7 +213,7 @@ class UserStore:
                     chosen[ad_id], taken = score, taken + 1
         records = await self.cached_ads(list(chosen))
         out = [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
-        self.cache.put_fallback(cats, n, out, [key for key, _ in wanted])
+        self.cache.put_fallback(cats, n, out, wanted)
         return out
 
     async def _user_categories(self, members: Sequence[str]) -> list[tuple[str, int]]:

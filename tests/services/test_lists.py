@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from services.common.userstate import (
     user_categories,
 )
 from services.nearline.writer import ListWriter
+from services.user_server.hotcache import HotCache
 from tests.services.helpers import seed
 
 
@@ -195,3 +197,23 @@ def test_fallback_inputs_are_precomputed_and_give_the_same_answer(
     without = [[a.ad_id for a in stub.GetList(pb.GetListRequest(user_id=x, k=8)).fallback]
                for x in users[:6]]
     assert with_fb == without and all(len(f) == 8 for f in with_fb)
+
+
+def test_cached_fallback_answers_follow_their_rankings() -> None:
+    cache = HotCache(ttl_s=0.05, max_items=100)
+    cats, wanted = [("Pets", 3)], [("k:pets", 4), ("k:global", 8)]
+    top = [("a1", 9.0), ("a2", 8.0)]
+    for key, depth in wanted:
+        cache.put_ranking(key, depth, top)
+    cache.put_fallback(cats, 4, ["answer"], wanted)
+    assert cache.fallback(cats, 4, wanted) == ["answer"]
+    assert cache.fallback(cats, 5, wanted) is None  # another n
+    time.sleep(0.06)
+    assert cache.fallback(cats, 4, wanted) is None  # a ranking is stale: refresh first
+    cache.put_ranking("k:pets", 4, list(top))
+    cache.put_ranking("k:global", 8, list(top))
+    assert cache.fallback(cats, 4, wanted) == ["answer"]  # refreshed, same tops: still valid
+    cache.put_ranking("k:global", 8, [("a2", 9.5), ("a1", 9.0)])
+    assert cache.fallback(cats, 4, wanted) is None  # popularity moved: rebuilt
+    cache.sync(b"7")  # a catalog write drops everything
+    assert cache.ranking("k:pets", 4) is None and cache.fallbacks == {}
