@@ -12,6 +12,7 @@ from leadre_model.data.records import ID_PATTERN
 from services.common.errors import BadRequest, Unavailable
 from services.common.security import api_keys
 from services.mixer.core import MixerCore
+from services.mixer.fastpath import RetrieveFastPath
 from services.mixer.guard import Guard
 from services.mixer.models import (
     ErrorOut,
@@ -31,7 +32,9 @@ ERRORS = {401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": Err
 def create_app(core: MixerCore) -> FastAPI:
     app = FastAPI(title="LEADRE Mixer", version="1",
                   description="LEADRE retrieval merged with a fallback branch; ranking features.")
-    # Outermost: API key (when LEADRE_API_KEYS is set) and body size, before any parsing.
+    # Innermost: well-formed retrieve requests without FastAPI's per-request machinery.
+    app.add_middleware(RetrieveFastPath, core=core, routes=app.routes)
+    # Outside it: API key (when LEADRE_API_KEYS is set) and body size, before any parsing.
     app.add_middleware(Guard, keys=api_keys(core.s), max_body=core.s.max_request_bytes)
 
     app.add_middleware(Timing, latency=core.m.latency)  # outside Guard: 401/413 are timed too

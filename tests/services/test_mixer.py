@@ -5,6 +5,7 @@ read in process, and through the user server's gRPC API)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,33 @@ def test_hit_merges_dedupes_and_counts_consumption(mixer, rds: redis.Redis, sett
     assert 'leadre_mixer_served_ads_total{branch="both"}' in metrics
     assert "leadre_mixer_list_age_seconds_bucket" in metrics
     assert 'method="POST /v1/retrieve"' in metrics
+
+
+def test_retrieve_fast_path_answers_like_the_fastapi_route(mixer, rds: redis.Redis,
+                                                           settings: Settings) -> None:
+    """application/json goes through services/mixer/fastpath.py, another JSON type
+    (``+json``) through FastAPI's route: the same answer, the same metric label, FastAPI's
+    own 422 for a bad body on either (and for a body without a content type)."""
+    http, _ = mixer
+    user = sorted(rds.smembers(keys.USERS))[3]
+    _write_list(settings, user, sorted(rds.hkeys(keys.ADS))[:5], {})
+    body = json.dumps({"user_id": user, "k": 7}).encode()
+    fast = http.post("/v1/retrieve", content=body, headers={"content-type": "application/json"})
+    slow = http.post("/v1/retrieve", content=body, headers={"content-type": "application/x+json"})
+    assert fast.status_code == slow.status_code == 200
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    a, b = fast.json(), slow.json()
+    assert a.pop("list_age_s") >= 0 and b.pop("list_age_s") >= 0 and a == b and a["list_hit"]
+    bad = json.dumps({"user_id": user, "k": 0}).encode()
+    errors = [http.post("/v1/retrieve", content=bad, headers={"content-type": ct})
+              for ct in ("application/json", "application/x+json")]
+    assert [e.status_code for e in errors] == [422, 422] and errors[0].json() == errors[1].json()
+    assert http.post("/v1/retrieve", content=body, headers={"content-type": ""}).status_code == 422
+    assert http.post("/v1/retrieve", content=b"{not json",
+                     headers={"content-type": "application/json"}).status_code == 422
+    metrics = http.get("/metrics").text
+    assert 'code="200",method="POST /v1/retrieve"' in metrics
+    assert 'code="422",method="POST /v1/retrieve"' in metrics
 
 
 def test_rank_features(mixer, rds: redis.Redis, settings: Settings, svc_world) -> None:
