@@ -54,6 +54,10 @@ RECIPE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                         "validation": {"users": 300, "every_epochs": 2, "patience": 4}}),
     "dpo": ("Fig. 4b: + DPO on eCPM pairs", {"dpo": DPO_PRESETS["tiny"].model_dump(),
                                              "dpo_users": 300}),
+    # index-side variants: an "index" key overrides the IndexConfig; the variant trains on
+    # its own index, built from the same world (index/collab.py)
+    "collab": ("+ collaborative S-IDs (RQ-VAE over text + co-occurrence embedding, weight 0.5)",
+               {"index": {"collab": {"weight": 0.5}}}),
 }
 
 
@@ -66,8 +70,29 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def variant_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
     """The cpu preset (or ``base``) with the variant's overrides, merged key by key."""
-    d = _merged((base or TRAIN_PRESETS["cpu"]).model_dump(), RECIPE_VARIANTS[name][1])
+    over = {k: v for k, v in RECIPE_VARIANTS[name][1].items() if k != "index"}
+    d = _merged((base or TRAIN_PRESETS["cpu"]).model_dump(), over)
     return TrainConfig.model_validate(d)
+
+
+def _variant_index(out: Path, world: Path, world_cfg: SynthConfig, name: str) -> Path:
+    """The shared index, or the variant's own when it overrides the index config."""
+    over = RECIPE_VARIANTS[name][1].get("index")
+    index_dir = out / (f"index-{name}" if over else "index")
+    if (index_dir / "index.json").exists():
+        return index_dir
+    from leadre_model.data.split import train_item_sequences
+    from leadre_model.data.store import load_ads
+    from leadre_model.index.build import build_index
+
+    rq = PRESETS[preset_for(world_cfg.n_ads)].model_copy(update={"seed": world_cfg.seed})
+    cfg = IndexConfig.model_validate(_merged(IndexConfig(rqvae=rq).model_dump(), over or {}))
+    ads = load_ads(world)
+    seqs = (train_item_sequences(world, {a.ad_id: i for i, a in enumerate(ads)})
+            if cfg.collab.weight > 0 else None)
+    build_index(ads, index_dir, cfg, cache_path=out / "embeddings.npz", progress=False,
+                sequences=seqs)
+    return index_dir
 
 
 def run_recipe(out: Path, world_cfg: SynthConfig, variants: list[str],
@@ -77,21 +102,16 @@ def run_recipe(out: Path, world_cfg: SynthConfig, variants: list[str],
         raise UsageError(f"unknown variants {sorted(unknown)}; "
                          f"choose among {list(RECIPE_VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
-    world, index_dir = out / "world", out / "index"
+    world = out / "world"
     if not (world / "world.json").exists():
         generate_world(world, world_cfg, progress=False)
-    if not (index_dir / "index.json").exists():
-        from leadre_model.data.store import load_ads
-        from leadre_model.index.build import build_index
-
-        rq = PRESETS[preset_for(world_cfg.n_ads)].model_copy(update={"seed": world_cfg.seed})
-        build_index(load_ads(world), index_dir, IndexConfig(rqvae=rq),
-                    cache_path=out / "embeddings.npz", progress=False)
+    _variant_index(out, world, world_cfg, "reference")
     train_s: dict[str, float] = {}
     retrievers: list[Any] = baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
                                                 progress=False)
     for name in variants:
         model_dir = out / "models" / name
+        index_dir = _variant_index(out, world, world_cfg, name)
         if not (model_dir / "manifest.json").exists():
             log(f"train {name}")
             t0 = time.perf_counter()

@@ -89,3 +89,21 @@ def test_rerun_reuses_trained_models(tiny_run):
 def test_unknown_study_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown studies"):
         run_ablations(AblationConfig(studies=("table9",)), tmp_path)
+
+
+def test_recipe_index_variant_trains_on_its_own_index(tmp_path):
+    """An index-side recipe variant (collaborative S-IDs) gets its own index from the same
+    world; train-config variants share the reference index."""
+    from leadre_model.data.synth import generate_world
+    from leadre_model.experiments.recipe import _variant_index, variant_config
+    from leadre_model.index.sid_index import load_index
+
+    world_cfg = SynthConfig(n_users=80, n_ads=150, n_content=100, seed=1)
+    generate_world(tmp_path / "world", world_cfg, progress=False)
+    assert variant_config("collab") == variant_config("reference")
+    ref = _variant_index(tmp_path, tmp_path / "world", world_cfg, "wo_summary")
+    own = _variant_index(tmp_path, tmp_path / "world", world_cfg, "collab")
+    assert ref.name == "index" and own.name == "index-collab"
+    assert load_index(own).config.collab.weight == 0.5
+    assert load_index(ref).config.collab.weight == 0.0
+    assert load_index(own).ad_ids == load_index(ref).ad_ids
