@@ -191,11 +191,7 @@ class UserStore:
         ranked = [self.cache.ranking(key, depth) for key, depth in wanted]
         stale = [i for i, r in enumerate(ranked) if r is None]
         if stale:
-            pipe = self.r.pipeline(transaction=False)
-            for i in stale:
-                pipe.zrevrange(wanted[i][0], 0, wanted[i][1] - 1, withscores=True)
-            for i, entries in zip(stale, await pipe.execute()):
-                entries = [(a, float(sc)) for a, sc in entries]
+            for i, entries in zip(stale, await self._tops([wanted[i] for i in stale])):
                 self.cache.put_ranking(wanted[i][0], wanted[i][1], entries)
                 ranked[i] = entries
             cached = self.cache.fallback(cats, n, wanted)  # the refresh read the same tops
@@ -215,6 +211,17 @@ class UserStore:
         out = [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
         self.cache.put_fallback(cats, n, out, wanted)
         return out
+
+    async def _tops(self, rankings: Sequence[tuple[str, int]]) -> list[list[tuple[str, float]]]:
+        """The top ``depth`` (ad, score) of each (zset, depth), in one round trip."""
+        if self.lane is not None:  # concurrent commands on the lane go out in one write
+            flat = await asyncio.gather(*(self.lane.command(
+                "ZREVRANGE", key, "0", str(depth - 1), "WITHSCORES") for key, depth in rankings))
+            return [[(f[j].decode(), float(f[j + 1])) for j in range(0, len(f), 2)] for f in flat]
+        pipe = self.r.pipeline(transaction=False)
+        for key, depth in rankings:
+            pipe.zrevrange(key, 0, depth - 1, withscores=True)
+        return [[(a, float(sc)) for a, sc in entries] for entries in await pipe.execute()]
 
     async def _user_categories(self, members: Sequence[str]) -> list[tuple[str, int]]:
         """Most frequent categories of the positive behaviours among ``members`` (history
