@@ -2,6 +2,7 @@
 convergence in the same run (issue "Retrieval quality", one `name: value` line each).
 
     python bench/quality_bench.py [--workdir runs/quality_bench] [--preset bench]
+                                  [--collab-weight 0.5]
 
 World: the ablation world (1,000 users, 1,000 ads, 1,500 content items, seed 0). A seeded
 5 % of the ads are *new*: left out of the index LEADRE trains on and of every baseline's
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from leadre_model.data.split import train_item_sequences
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.eval import metrics as M
@@ -48,6 +50,7 @@ from leadre_model.eval.new_ads import (
     pick_new_ads,
 )
 from leadre_model.index.build import add_ads, build_index
+from leadre_model.index.collab import CollabConfig
 from leadre_model.index.rqvae import PRESETS, preset_for
 from leadre_model.index.sid_index import IndexConfig, load_index
 from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", type=int, default=WORLD.n_users, help="(smaller: a smoke run)")
     ap.add_argument("--epochs", type=float, default=None, help="override the seq epochs")
+    ap.add_argument("--collab-weight", type=float, default=0.0,
+                    help="collaborative S-IDs (index/collab.py); 0: text only, as shipped")
     ap.add_argument("--reuse-model", action="store_true",
                     help="test the model a previous run trained (train_s: its recorded time)")
     args = ap.parse_args()
@@ -83,16 +88,22 @@ def main() -> None:
         generate_world(world, WORLD.model_copy(update={"n_users": args.users}), progress=False)
     ads = load_ads(world)
     new = pick_new_ads([a.ad_id for a in ads], args.new_share, args.seed)
-    index_dir, served_dir = wd / "index", wd / "index_served"
+    tag = f"-cf{args.collab_weight:g}" if args.collab_weight > 0 else ""
+    index_dir, served_dir = wd / f"index{tag}", wd / f"index_served{tag}"
     if not (index_dir / "index.json").exists():
-        cfg = IndexConfig(rqvae=PRESETS[preset_for(len(ads))].model_copy(update={"seed": args.seed}))
-        build_index([a for a in ads if a.ad_id not in new], index_dir, cfg,
-                    cache_path=wd / "embeddings.npz", progress=False)
+        cfg = IndexConfig(rqvae=PRESETS[preset_for(len(ads))].model_copy(update={"seed": args.seed}),
+                          collab=CollabConfig(weight=args.collab_weight))
+        known_ads = [a for a in ads if a.ad_id not in new]
+        # the new ads' traffic stays out of the collaborative embedding too
+        seqs = (train_item_sequences(world, {a.ad_id: i for i, a in enumerate(known_ads)})
+                if args.collab_weight > 0 else None)
+        build_index(known_ads, index_dir, cfg, cache_path=wd / "embeddings.npz",
+                    progress=False, sequences=seqs)
     shutil.rmtree(served_dir, ignore_errors=True)
     shutil.copytree(index_dir, served_dir)
     _, added = add_ads(served_dir, ads, cache_path=wd / "embeddings.npz", progress=False)
 
-    model_dir = wd / f"model-{args.preset}"
+    model_dir = wd / f"model-{args.preset}{tag}"
     t0 = time.perf_counter()
     reuse = args.reuse_model and (model_dir / "train_log.json").exists()
     preset = TRAIN_PRESETS[args.preset]
