@@ -15,7 +15,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADRE_", extra="ignore")
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
-    data_dir: str = Field(default="runs/demo", description="world + index used by services")
 
     # --- online + nearline services (issue 5); README "Settings" lists every field -------
     registry_dir: str = Field(default="runs/registry", description="model+index versions")
@@ -27,6 +26,8 @@ class Settings(BaseSettings):
     # user server
     user_server_addr: str = Field(default="127.0.0.1:50061", description="dialled by the mixer")
     user_server_port: int = Field(default=50061, ge=0, le=65535)
+    user_server_drain_s: float = Field(default=30.0, ge=0, description="SIGTERM: in-flight "
+                                       "gRPC calls the user server finishes")
     user_metrics_port: int = Field(default=9102, ge=0, le=65535)
     list_ttl_s: int = Field(default=7 * 86_400, ge=1)
     history_max: int = Field(default=500, ge=1)
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
     mixer_max_candidates: int = Field(default=500, ge=1)
     mixer_leadre_share: float = Field(default=0.75, ge=0, le=1)
     mixer_timeout_s: float = Field(default=1.0, gt=0)
+    mixer_drain_s: float = Field(default=30.0, ge=0, description="SIGTERM: in-flight "
+                                 "HTTP/gRPC requests the Mixer finishes")
     mixer_list_source: Literal["redis", "grpc"] = Field(
         default="redis", description="redis: read lists in process (one round trip); grpc: "
         "through the user server (services/mixer/sources.py)")
@@ -64,7 +67,8 @@ class Settings(BaseSettings):
     worker_claim_idle_ms: int = Field(default=30_000, ge=100)
     worker_max_attempts: int = Field(default=3, ge=1)
     worker_metrics_port: int = Field(default=9103, ge=0, le=65535)
-    worker_drain_s: float = Field(default=30.0, ge=0)
+    worker_drain_s: float = Field(default=30.0, ge=0, description="SIGTERM: in-flight "
+                                  "inference, writes and acks the worker finishes")
     list_beam_width: int = Field(default=20, ge=1)
     list_size: int = Field(default=20, ge=1)
     advertiser_priors: bool = True

@@ -64,7 +64,7 @@ async def start_mixer(settings: Settings, index_dir: Callable[[], Path | None],
     config = uvicorn.Config(create_app(core), host=settings.bind_host,
                             port=settings.mixer_http_port if http_port is None else http_port,
                             log_config=None, access_log=False,
-                            timeout_graceful_shutdown=int(settings.worker_drain_s))
+                            timeout_graceful_shutdown=int(settings.mixer_drain_s))
     http = uvicorn.Server(config)
     # Signals are ours (serve()): uvicorn would re-raise SIGTERM after its own drain and
     # kill the process before gRPC drains.
@@ -94,6 +94,6 @@ async def serve(settings: Settings, index_dir: Callable[[], Path | None]) -> Non
     await asyncio.wait([task, asyncio.create_task(stop.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
     log.info("draining")
-    await proc.stop(settings.worker_drain_s)
+    await proc.stop(settings.mixer_drain_s)
     await task
     log.info("stopped")

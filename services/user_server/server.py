@@ -138,6 +138,6 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("draining")
     await set_not_serving(health, [SERVICE])  # type: ignore[arg-type]
-    await server.stop(grace=settings.worker_drain_s)
+    await server.stop(grace=settings.user_server_drain_s)
     await store.close()
     log.info("stopped")
