@@ -15,10 +15,12 @@ from services.common.settings import Settings
 from services.mixer.features import FeatureIndex, advertiser_priors
 from services.mixer.merge import merge
 from services.mixer.models import (
+    RETRIEVE_JSON,
     AdvertiserPrior,
     CandidateFeatures,
     RankFeaturesResponse,
     RetrieveResponse,
+    RetrieveResponseDict,
     UserOut,
 )
 from services.mixer.sources import ListSource, list_source
@@ -60,6 +62,13 @@ class MixerCore:
 
     # -- retrieval --------------------------------------------------------------------------
     async def retrieve(self, user_id: str, k: int) -> RetrieveResponse:
+        return RetrieveResponse.model_validate(await self._retrieve(user_id, k))
+
+    async def retrieve_json(self, user_id: str, k: int) -> bytes:
+        """:meth:`retrieve` as JSON, without building the response model (HTTP hot path)."""
+        return RETRIEVE_JSON.dump_json(await self._retrieve(user_id, k))
+
+    async def _retrieve(self, user_id: str, k: int) -> RetrieveResponseDict:
         if not 1 <= k <= self.s.mixer_max_k:
             raise BadRequest(f"k: must be in [1, {self.s.mixer_max_k}] (got {k})")
         lst = await self.source.get_list(user_id, 0, k, advertisers=False)
@@ -72,9 +81,12 @@ class MixerCore:
         if lst.hit:
             age = max(0.0, time.time() - lst.updated_ms / 1000)
             self.m.list_age.observe(age)
-        return RetrieveResponse.model_validate({
-            "user_id": user_id, "ads": ads, "list_hit": lst.hit, "list_version": lst.version,
-            "list_age_s": age, "model_version": lst.model_version, "consumption": consumption})
+        return {"user_id": user_id, "ads": ads, "list_hit": lst.hit,  # type: ignore[typeddict-item]
+                "list_version": lst.version, "list_age_s": age,
+                "model_version": lst.model_version,
+                "consumption": {"leadre_exclusive": consumption.leadre_exclusive,
+                                "fallback_exclusive": consumption.fallback_exclusive,
+                                "both": consumption.both}}
 
     # -- ranking features -------------------------------------------------------------------
     async def _feature_index(self) -> FeatureIndex | None:

@@ -63,7 +63,7 @@ class RetrieveFastPath:
             self.route = next(r for r in self.routes if getattr(r, "path", None) == PATH)
         scope["route"] = self.route  # the latency metric's label (Timing)
         try:
-            resp = (await self.core.retrieve(req.user_id, req.k)).model_dump_json().encode()
+            resp = await self.core.retrieve_json(req.user_id, req.k)
             status = 200
         except BadRequest as exc:
             resp, status = json.dumps({"detail": str(exc)}).encode(), 422

@@ -56,8 +56,8 @@ def create_app(core: MixerCore) -> FastAPI:
     async def retrieve(req: RetrieveRequest) -> Response:
         """Top-k ads for a user: LEADRE list merged with the fallback branch."""
         # Serialized here: FastAPI would validate the response model a second time.
-        resp = await core.retrieve(req.user_id, req.k)
-        return Response(resp.model_dump_json(), media_type="application/json")
+        return Response(await core.retrieve_json(req.user_id, req.k),
+                        media_type="application/json")
 
     @app.post("/v1/rank-features", response_model=RankFeaturesResponse, responses=ERRORS)
     async def rank_features(req: RankFeaturesRequest) -> RankFeaturesResponse:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict
 
 from leadre_model.data.records import ID_PATTERN
 
@@ -48,6 +49,39 @@ class RetrieveResponse(_Model):
     list_age_s: float | None = Field(default=None, description="seconds since the list was written")
     model_version: str = ""
     consumption: Consumption
+
+
+# The retrieve response as plain dicts, serialised without validating them again: the
+# Mixer builds every field itself (hot path). tests/services/mixer/test_models.py keeps
+# these mirrors equal to the models above, byte for byte.
+class ServedAdDict(TypedDict):
+    ad_id: str
+    name: str
+    category: str
+    advertiser_id: str
+    ecpm: float
+    score: float
+    provenance: Provenance
+    also_in_other_branch: bool
+
+
+class ConsumptionDict(TypedDict):
+    leadre_exclusive: int
+    fallback_exclusive: int
+    both: int
+
+
+class RetrieveResponseDict(TypedDict):
+    user_id: str
+    ads: list[ServedAdDict]
+    list_hit: bool
+    list_version: int
+    list_age_s: float | None
+    model_version: str
+    consumption: ConsumptionDict
+
+
+RETRIEVE_JSON: TypeAdapter[RetrieveResponseDict] = TypeAdapter(RetrieveResponseDict)
 
 
 class RankFeaturesRequest(_Model):
