@@ -27,7 +27,7 @@ from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.security import add_port, grpc_options
 from services.common.settings import Settings
-from services.user_server.store import ServedAd, UserStore
+from services.user_server.store import ListedAd, UserStore
 
 log = logging.getLogger(__name__)
 SERVICE = "leadre.v1.UserServer"
@@ -43,7 +43,7 @@ class UserServerMetrics(Metrics):
         self.ads = self.counter("ad_updates_total", "ad feature updates", ("change",))
 
 
-def _scored(items: list[ServedAd], provenance: int) -> list[pb.ScoredAd]:
+def _scored(items: list[ListedAd], provenance: int) -> list[pb.ScoredAd]:
     return [scored_ad(a.ad_id, a.score, provenance, a.ad) for a in items]
 
 

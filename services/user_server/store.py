@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 FALLBACK_HISTORY = 50  # newest behaviours whose categories drive the fallback branch
 
 
-class ServedAd(NamedTuple):  # a tuple: ~30 are built per request (a frozen dataclass cost 3x)
+class ListedAd(NamedTuple):  # a tuple: ~30 are built per request (a frozen dataclass cost 3x)
+    """A list entry joined with its catalog record (the API's ad is mixer.models.ServedAd)."""
     ad_id: str
     score: float
     ad: Ad | None  # catalog record; None when the ad is unknown to Redis
@@ -59,8 +60,8 @@ class ServedAd(NamedTuple):  # a tuple: ~30 are built per request (a frozen data
 @dataclass(frozen=True)
 class ListResult:
     stored: ListView | None  # None: miss or expired
-    ads: list[ServedAd]  # the LEADRE list without paused or unknown ads
-    fallback: list[ServedAd]
+    ads: list[ListedAd]  # the LEADRE list without paused or unknown ads
+    fallback: list[ListedAd]
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class UserStore:
             old = await self.rb.hget(keys.user_key(user_id, "list"), "d")
             stored = view_of(decode_list(old)) if old else None
         n_fb = max(fallback_k, k if stored is None else 0)
-        ads: list[ServedAd] = []
+        ads: list[ListedAd] = []
         if stored is not None:
             cached = self.cache.ads
             missing = [a.ad_id for a in stored.ads if a.ad_id not in cached]
@@ -144,10 +145,10 @@ class UserStore:
             for a in stored.ads:  # the first k active ones (k = 0: all)
                 rec = records.get(a.ad_id) or cached.get(a.ad_id)
                 if rec is not None and rec.status is AdStatus.ACTIVE:
-                    ads.append(ServedAd(a.ad_id, a.score, rec))
+                    ads.append(ListedAd(a.ad_id, a.score, rec))
                     if len(ads) == k:
                         break
-        fallback: list[ServedAd] = []
+        fallback: list[ListedAd] = []
         if n_fb:
             if fb is not None:
                 cats = parse_fallback_value(fb)[1]
@@ -180,7 +181,7 @@ class UserStore:
                     self.cache.put_ad(ad)
         return [cached.get(a) for a in ad_ids]
 
-    async def _fallback(self, cats: list[tuple[str, int]], n: int) -> list[ServedAd]:
+    async def _fallback(self, cats: list[tuple[str, int]], n: int) -> list[ListedAd]:
         """Top eCPM x popularity ads of the user's most frequent recent categories
         (``cats``: category, count), then of the whole catalog; categories share the slots
         by their frequency. Users with the same categories share one cached answer."""
@@ -208,7 +209,7 @@ class UserStore:
                 if ad_id not in chosen:
                     chosen[ad_id], taken = score, taken + 1
         records = await self.cached_ads(list(chosen))
-        out = [ServedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
+        out = [ListedAd(a, s, rec) for (a, s), rec in zip(chosen.items(), records)]
         self.cache.put_fallback(cats, n, out, wanted)
         return out
 
