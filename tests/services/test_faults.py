@@ -378,6 +378,11 @@ def test_worker_sigkilled_at_random_points_loses_nothing_and_never_goes_back(
             _assert_nothing_lost(rds, users, tritons.version, timeout=60)
         assert sampler.samples > 50 and not sampler.decreases, sampler.decreases[:5]
         assert any(killed_holding), f"no kill hit un-acked work: {killed_holding}"
+        # a worker restarted last may still be importing (no SIGTERM handler yet): a drain
+        # test needs it serving first, else SIGTERM's default action exits it with -15
+        for w in workers:
+            wait_until(lambda w=w: w.logged("serving version") > 0 or not w.alive(), 60,
+                       "restarted worker serving")
         codes = [w.stop(timeout=30) for w in workers]
         assert codes == [0, 0], f"unclean worker exits {codes}; see {tmp_path}"
     finally:
