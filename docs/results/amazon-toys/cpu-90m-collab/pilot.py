@@ -2,6 +2,8 @@
 Recall@10 on 1,000 users after every epoch (train_log.json "validation").
 
     python docs/results/amazon-toys/cpu-90m-collab/pilot.py WORLD INDEX OUT EPOCHS
+
+(the report's runs: `runs/amazon/world runs/amazon/index{,-cf50,-cf80} OUT 4`)
 """
 import json
 import sys
