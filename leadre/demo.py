@@ -12,11 +12,15 @@ from rich.table import Table
 from leadre_model.cli import print_index_built, print_index_report, print_trained
 from leadre_model.clikit import console, print_counts
 
+DEMO_COLLAB_WEIGHT = 0.5
+
 
 def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0) -> None:
+    from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
     from leadre_model.data.synth import SynthConfig, generate_world
     from leadre_model.index.build import build_index
+    from leadre_model.index.collab import CollabConfig
     from leadre_model.index.report import build_report
     from leadre_model.index.rqvae import PRESETS, preset_for
     from leadre_model.index.sid_index import IndexConfig
@@ -32,9 +36,14 @@ def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0)
 
     console.rule("[bold]2/5 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
     catalog = load_ads(world)
-    cfg = IndexConfig(rqvae=PRESETS[preset_for(len(catalog))].model_copy(update={"seed": seed}))
+    # Collaborative S-IDs: the demo world has traffic history for most ads (README, "The ad
+    # index"); new ads added live still get S-IDs, from their text.
+    cfg = IndexConfig(rqvae=PRESETS[preset_for(len(catalog))].model_copy(update={"seed": seed}),
+                      collab=CollabConfig(weight=DEMO_COLLAB_WEIGHT))
     t0 = time.perf_counter()
-    built = build_index(catalog, index, cfg, cache_path=workdir / "embeddings.npz", progress=True)
+    sequences = train_item_sequences(world, {a.ad_id: i for i, a in enumerate(catalog)})
+    built = build_index(catalog, index, cfg, cache_path=workdir / "embeddings.npz", progress=True,
+                        sequences=sequences)
     print_index_built(built, index, time.perf_counter() - t0)
 
     console.rule("[bold]3/5 index report")
