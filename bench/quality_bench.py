@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from leadre_model.data.split import train_item_sequences
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
 from leadre_model.eval import metrics as M
@@ -49,7 +48,7 @@ from leadre_model.eval.new_ads import (
     new_ad_recall,
     pick_new_ads,
 )
-from leadre_model.index.build import add_ads, build_index
+from leadre_model.index.build import add_ads, build_index, training_sequences
 from leadre_model.index.collab import CollabConfig
 from leadre_model.index.rqvae import PRESETS, preset_for
 from leadre_model.index.sid_index import IndexConfig, load_index
@@ -95,10 +94,8 @@ def main() -> None:
                           collab=CollabConfig(weight=args.collab_weight))
         known_ads = [a for a in ads if a.ad_id not in new]
         # the new ads' traffic stays out of the collaborative embedding too
-        seqs = (train_item_sequences(world, {a.ad_id: i for i, a in enumerate(known_ads)})
-                if args.collab_weight > 0 else None)
         build_index(known_ads, index_dir, cfg, cache_path=wd / "embeddings.npz",
-                    progress=False, sequences=seqs)
+                    progress=False, sequences=training_sequences(world, known_ads, cfg))
     shutil.rmtree(served_dir, ignore_errors=True)
     shutil.copytree(index_dir, served_dir)
     _, added = add_ads(served_dir, ads, cache_path=wd / "embeddings.npz", progress=False)

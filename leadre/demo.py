@@ -16,10 +16,9 @@ DEMO_COLLAB_WEIGHT = 0.5
 
 
 def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0) -> None:
-    from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
     from leadre_model.data.synth import SynthConfig, generate_world
-    from leadre_model.index.build import build_index
+    from leadre_model.index.build import build_index, training_sequences
     from leadre_model.index.collab import CollabConfig
     from leadre_model.index.report import build_report
     from leadre_model.index.rqvae import PRESETS, preset_for
@@ -41,9 +40,8 @@ def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0)
     cfg = IndexConfig(rqvae=PRESETS[preset_for(len(catalog))].model_copy(update={"seed": seed}),
                       collab=CollabConfig(weight=DEMO_COLLAB_WEIGHT))
     t0 = time.perf_counter()
-    sequences = train_item_sequences(world, {a.ad_id: i for i, a in enumerate(catalog)})
     built = build_index(catalog, index, cfg, cache_path=workdir / "embeddings.npz", progress=True,
-                        sequences=sequences)
+                        sequences=training_sequences(world, catalog, cfg))
     print_index_built(built, index, time.perf_counter() - t0)
 
     console.rule("[bold]3/5 index report")

@@ -129,20 +129,17 @@ def index_build(
     progress: bool = typer.Option(True),
 ) -> None:
     """Embed ad texts, train the RQ-VAE, assign unique S-IDs and build the trie."""
-    from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
-    from leadre_model.index.build import build_index
+    from leadre_model.index.build import build_index, training_sequences
     from leadre_model.index.collab import CollabConfig
 
     ads = load_ads(world)
     cfg = _index_config(len(ads), preset, levels, codebook_size, code_dim, epochs, encoder,
                         template, seed)
     cfg = cfg.model_copy(update={"collab": CollabConfig(weight=collab_weight)})
-    sequences = None
-    if collab_weight > 0:
-        sequences = train_item_sequences(world, {a.ad_id: i for i, a in enumerate(ads)})
     t0 = time.perf_counter()
-    index = build_index(ads, out, cfg, cache_path=cache, progress=progress, sequences=sequences)
+    index = build_index(ads, out, cfg, cache_path=cache, progress=progress,
+                        sequences=training_sequences(world, ads, cfg))
     print_index_built(index, out, time.perf_counter() - t0)
 
 

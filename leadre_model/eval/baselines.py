@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from leadre_model.eval.metrics import INVALID, ndcg_at_k
+from leadre_model.index.collab import cooccurring_pairs
 
 Histories = Sequence[Sequence[int]]
 Valid = tuple[Histories, Sequence[int]]
@@ -144,19 +145,11 @@ class ItemCF(ItemRecommender):
     def fit(self, train_sequences: Histories, valid: Valid | None = None) -> Self:
         super().fit(train_sequences)
         n = self.n_items
-        a, b, w = [], [], []
-        for s in train_sequences:
-            s = np.asarray(s, dtype=np.int64)
-            for gap in range(1, min(self.cfg.window, len(s) - 1) + 1):
-                a += [s[:-gap], s[gap:]]
-                b += [s[gap:], s[:-gap]]
-                w.append(np.full(2 * (len(s) - gap), 1.0 / gap))
-        if not a:
+        a, b, w = cooccurring_pairs(train_sequences, self.cfg.window)
+        if not len(a):
             return self
-        a, b, w = np.concatenate(a), np.concatenate(b), np.concatenate(w)
-        keep = a != b
-        keys, inv = np.unique(a[keep] * n + b[keep], return_inverse=True)
-        sim = np.bincount(inv, weights=w[keep])
+        keys, inv = np.unique(a * n + b, return_inverse=True)
+        sim = np.bincount(inv, weights=w)
         rows, cols = keys // n, keys % n
         sim /= np.sqrt(self.popularity[rows] * self.popularity[cols])
         self.indptr = np.searchsorted(rows, np.arange(n + 1)).astype(np.int64)

@@ -81,17 +81,14 @@ def _variant_index(out: Path, world: Path, world_cfg: SynthConfig, name: str) ->
     index_dir = out / (f"index-{name}" if over else "index")
     if (index_dir / "index.json").exists():
         return index_dir
-    from leadre_model.data.split import train_item_sequences
     from leadre_model.data.store import load_ads
-    from leadre_model.index.build import build_index
+    from leadre_model.index.build import build_index, training_sequences
 
     rq = PRESETS[preset_for(world_cfg.n_ads)].model_copy(update={"seed": world_cfg.seed})
     cfg = IndexConfig.model_validate(_merged(IndexConfig(rqvae=rq).model_dump(), over or {}))
     ads = load_ads(world)
-    seqs = (train_item_sequences(world, {a.ad_id: i for i, a in enumerate(ads)})
-            if cfg.collab.weight > 0 else None)
     build_index(ads, index_dir, cfg, cache_path=out / "embeddings.npz", progress=False,
-                sequences=seqs)
+                sequences=training_sequences(world, ads, cfg))
     return index_dir
 
 

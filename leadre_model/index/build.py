@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from leadre_model.data.records import Ad, AdStatus
+from leadre_model.data.split import train_item_sequences
 from leadre_model.errors import BadInputError
 from leadre_model.index.collab import CollabEmbedding, cold_start_agreement, fit_collab, fuse
 from leadre_model.index.embed import TextEmbedder
@@ -120,6 +121,16 @@ def build_index(
     save_index(out, index, model, emb, trie, collab)
     timings["save_s"] = time.perf_counter() - t0
     return index
+
+
+def training_sequences(world: Path, ads: Sequence[Ad],
+                       cfg: IndexConfig) -> list[list[int]] | None:
+    """What ``build_index(ads, ..., cfg)`` needs as ``sequences`` for an index of ``ads``
+    built from ``world``: the users' training targets as rows of ``ads`` when the config
+    asks for collaborative S-IDs, else None."""
+    if cfg.collab.weight <= 0:
+        return None
+    return train_item_sequences(world, {a.ad_id: i for i, a in enumerate(ads)})
 
 
 def _text(ad: Ad, cfg: IndexConfig) -> str:

@@ -50,8 +50,11 @@ class CollabConfig(StrictConfig):
     ridge: float = Field(default=1.0, gt=0, description="L2 of the text → collaborative map")
 
 
-def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int) -> sp.csr_matrix:
-    """Symmetric ``Σ 1/gap`` counts of item pairs within ``window`` positions."""
+def cooccurring_pairs(sequences: Sequence[Sequence[int]],
+                      window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item pairs ``(a, b)`` within ``window`` positions of a sequence, both directions,
+    weighted ``1/gap``, an item with itself left out (repeats allowed: callers sum them).
+    Item-CF's similarity (``eval/baselines.py``) and the collaborative embedding share it."""
     a, b, w = [], [], []
     for s in sequences:
         s = np.asarray(s, dtype=np.int64)
@@ -60,10 +63,16 @@ def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int) 
             b += [s[gap:], s[:-gap]]
             w.append(np.full(2 * (len(s) - gap), 1.0 / gap))
     if not a:
-        return sp.csr_matrix((n_items, n_items))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     a, b, w = np.concatenate(a), np.concatenate(b), np.concatenate(w)
     keep = a != b
-    return sp.csr_matrix((w[keep], (a[keep], b[keep])), shape=(n_items, n_items))
+    return a[keep], b[keep], w[keep]
+
+
+def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int) -> sp.csr_matrix:
+    """Symmetric ``Σ 1/gap`` counts of item pairs within ``window`` positions."""
+    a, b, w = cooccurring_pairs(sequences, window)
+    return sp.csr_matrix((w, (a, b)), shape=(n_items, n_items))
 
 
 def svd_embedding(co: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
