@@ -51,7 +51,7 @@ from leadre_model.eval.new_ads import (
 from leadre_model.index.build import add_ads, build_index, training_sequences
 from leadre_model.index.collab import CollabConfig
 from leadre_model.index.rqvae import PRESETS, preset_for
-from leadre_model.index.sid_index import IndexConfig, load_index
+from leadre_model.index.sid_index import IndexConfig, load_embeddings, load_index
 from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
 
 WORLD = SynthConfig(n_users=1000, n_ads=1000, n_content=1500, seed=0)
@@ -129,7 +129,8 @@ def main() -> None:
     sasrec_s = sum(s.info["train_s"] for s in sasrecs)
     baselines.append(sasrec)
     leadre = LeadreRetriever("leadre", model_dir, index_dir, world,
-                             LeadreEvalConfig(progress=False), index=load_index(served_dir))
+                             LeadreEvalConfig(progress=False), index=load_index(served_dir),
+                             embeddings=load_embeddings(served_dir))
     itemcf = baselines[2]
     retrievers = [leadre, *baselines]
     figures: dict[str, float] = {}

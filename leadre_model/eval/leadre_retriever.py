@@ -41,17 +41,19 @@ class LeadreRetriever(DecoderParts):
     sets its own ``sid``)."""
 
     def __init__(self, name: str, model_dir: Path, index_dir: Path, world: Path,
-                 cfg: LeadreEvalConfig | None = None, index: SidIndex | None = None) -> None:
+                 cfg: LeadreEvalConfig | None = None, index: SidIndex | None = None,
+                 embeddings: np.ndarray | None = None) -> None:
         """``index``: the index to decode over when it is not ``index_dir`` itself, e.g.
         the trained index plus ads added since with ``leadre index add`` (it must extend
-        the trained one: same ads and S-IDs first)."""
+        the trained one: same ads and S-IDs first); ``embeddings``: its text embeddings,
+        for a model that takes item text."""
         self.name, self.cfg = name, cfg or LeadreEvalConfig()
         self.sid = SidRetriever.from_dirs(model_dir, index_dir)
         # ads added after training (new ads): reached through their semantic prefix; those
         # beyond the model's S-ID vocabulary cannot be written by it (counted)
         self.unrepresentable = 0
         if index is not None:
-            self.sid, self.unrepresentable = self.sid.extended(index)
+            self.sid, self.unrepresentable = self.sid.extended(index, embeddings)
         self.index = self.sid.index
         ads = {a.ad_id: a for a in load_ads(world)}
         content = {c.content_id: c for c in iter_records(world, "content")}

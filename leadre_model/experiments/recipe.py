@@ -45,6 +45,8 @@ RECIPE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"prompts": {"compact": {"content_loss": False}}}),
     "time_gaps": ("+ a time-gap token before each behaviour",
                   {"prompts": {"compact": {"content_loss": True, "time_gaps": True}}}),
+    "item_text": ("+ each ad's frozen MiniLM text embedding as an input soft token",
+                  {"llm": {"item_text": True}}),
     "dropout": ("+ dropout 0.2 on embeddings and attention", {"llm": {"dropout": 0.2}}),
     "select": ("+ model selection on validation Recall@10 (30 epochs, best kept)",
                {"seq": {"epochs": 30},

@@ -75,6 +75,9 @@ class LLMConfig(StrictConfig):
         default="default", description="codebook: S-ID token rows start as the RQ-VAE "
         "codebook vectors of their code (a seeded random projection to the model width)")
     lora: LoraSettings | None = Field(default=None, description="PEFT LoRA (checkpoint bases)")
+    item_text: bool = Field(default=False, description="each ad of a prompt also gets its "
+                            "frozen MiniLM text embedding, mapped to the model width, added at "
+                            "its last S-ID token (llm/item_text.py)")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="training-time dropout on the "
                            "input embeddings and attention weights (Qwen2 has no hidden "
                            "dropout; SASRec's strong regulariser on small data)")
@@ -83,6 +86,8 @@ class LLMConfig(StrictConfig):
     def _heads(self) -> LLMConfig:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        if self.item_text and self.lora is not None:
+            raise ValueError("item_text with LoRA is not supported (the map would not be merged)")
         return self
 
 

@@ -18,9 +18,10 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
-from leadre_model.index.sid_index import SidIndex, load_index, load_trie
+from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import Hit, Prompts, cold_prefix_nodes, constrained_beam_search
+from leadre_model.llm.item_text import MODULE, item_text_dim, restore_item_text
 from leadre_model.llm.manifest import Manifest
 from leadre_model.llm.model import load_model
 from leadre_model.llm.tokenizer import level_token_ids
@@ -52,16 +53,21 @@ class SidRetriever:
         index = load_index(Path(index_dir))
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
                                                 dtype=dtype)
+        if item_text_dim(model) is not None:
+            restore_item_text(model, model_dir, tokenizer, index, load_embeddings(Path(index_dir)))
         return cls(model, tokenizer, index, load_trie(Path(index_dir)),
                    manifest=Manifest.model_validate(manifest))
 
-    def extended(self, index: SidIndex) -> tuple[SidRetriever, int]:
+    def extended(self, index: SidIndex,
+                 embeddings: np.ndarray | None = None) -> tuple[SidRetriever, int]:
         """This model over ``index``: the trained index plus ads added since (``leadre index
         add``; same ads and S-IDs first, BadInputError otherwise). The trained index's level
         sizes are the model's S-ID vocabulary, so an added ad whose disambiguation code lies
         beyond it cannot be written by this model: it is left out and counted. Added ads are
-        reached through their semantic prefix (``cold_nodes``). Returns (retriever, ads left
-        out)."""
+        reached through their semantic prefix (``cold_nodes``). ``embeddings``: the text
+        embeddings of ``index`` (its ``embeddings.npy``), for a model that takes item text
+        (llm/item_text.py); without them added ads in prompts get none. Returns (retriever,
+        ads left out)."""
         n = len(self.index)
         if index.ad_ids[:n] != self.index.ad_ids or not (index.codes[:n] == self.index.codes).all():
             raise BadInputError("the given index does not extend the one the model was trained on")
@@ -69,6 +75,9 @@ class SidRetriever:
         fits = (index.codes < np.asarray(sizes)).all(axis=1)
         trie = SidTrie.build(index.codes[fits], np.flatnonzero(fits), active=index.active[fits],
                              level_sizes=sizes)
+        adapter = getattr(self.model, MODULE, None)
+        if adapter is not None and embeddings is not None:  # a superset: old rows unchanged
+            adapter.set_table(self.tokenizer, index, embeddings)
         cold = np.arange(len(index)) >= n
         nodes = cold_prefix_nodes(trie, index.codes[fits], cold[fits]) if cold.any() else None
         return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,

@@ -14,9 +14,10 @@ from pydantic import Field
 
 from leadre_model.configbase import StrictConfig
 from leadre_model.data.store import load_ads
-from leadre_model.index.sid_index import SidIndex, load_index, load_trie
+from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
 from leadre_model.index.trie import SidTrie
+from leadre_model.llm.item_text import attach_item_text
 from leadre_model.llm.model import LLMConfig, build_model, save_model
 from leadre_model.llm.retriever import SidRetriever
 from leadre_model.llm.tokenizer import TokenizerConfig, train_tokenizer
@@ -170,6 +171,8 @@ def train_leadre(
         init_sid_rows_from_codebooks(model, tokenizer,
                                      load_rqvae(index_dir).quantizer.codebooks.detach(),
                                      cfg.llm.seed)
+    if cfg.llm.item_text:
+        attach_item_text(model, tokenizer, index, load_embeddings(index_dir), cfg.llm.seed)
 
     selector = None
     if cfg.validation is not None:

@@ -1,0 +1,171 @@
+"""Ad text as input soft tokens (issue "Retrieval quality": the packaged MiniLM's frozen
+item-text embeddings for behaviour items).
+
+Every ad of a prompt is written as its S-ID tokens. With ``LLMConfig(item_text=True)`` the
+model also gets that ad's frozen sentence embedding (the index's ``embeddings.npy``, the
+text the RQ-VAE quantised), through one trained linear map to the model width, added to
+the input embedding of the ad's **last** S-ID token. The S-ID says where the ad sits in the
+catalog; the text vector tells apart ads that share a prefix, and it exists for every ad
+the index knows, new ones included (no ad-id table: the cold-start property holds).
+
+It is a forward hook on the input embedding, so the model stays a plain Hugging Face
+causal LM for training, TRL and our decoder: the hook sees the token ids of each call and
+adds the vectors where a complete S-ID of an indexed ad ends. A prompt is encoded in one
+call (decode.py), so its ads are always complete; single decode steps never are, and the
+S-IDs being generated get no text (they are outputs). Only the map's weights are saved
+(``leadre_item_text.proj.weight``); the table is rebuilt from the index the model is
+loaded with, so ads added by ``leadre index add`` get their text too. The TensorRT-LLM
+engine path does not carry the hook (untested there; a model trained with it is served by
+the PyTorch engine).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from leadre_model.errors import BadInputError
+from leadre_model.index.sid_index import SidIndex
+from leadre_model.llm.model import sid_level_sizes
+from leadre_model.llm.tokenizer import level_token_ids
+
+MODULE = "leadre_item_text"
+CONFIG_KEY = "leadre_item_text_dim"  # in the model's config.json: the text width it expects
+
+
+class ItemTextInput(torch.nn.Module):
+    """The trained map (text width → model width) and the lookup from a complete S-ID in
+    the token stream to its ad's text vector (buffers, not saved)."""
+
+    def __init__(self, text_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(text_dim, hidden, bias=False)
+        self.levels = 0
+        for name in ("level_of", "code_of", "radix", "keys", "rows", "text"):
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+
+    def set_table(self, tokenizer: PreTrainedTokenizerBase, index: SidIndex,
+                  embeddings: np.ndarray) -> None:
+        """(Re)build the lookup for ``index`` (rows of ``embeddings`` = rows of the index)."""
+        if len(embeddings) != len(index) or embeddings.shape[1] != self.proj.in_features:
+            raise BadInputError(f"item text: {embeddings.shape} embeddings for an index of "
+                                f"{len(index)} ads and a map from width {self.proj.in_features}")
+        sizes = sid_level_sizes(tokenizer)  # the model's S-ID vocabulary
+        if len(sizes) != index.codes.shape[1]:
+            raise BadInputError(f"item text: the tokenizer's S-IDs have {len(sizes)} levels, "
+                                f"the index's {index.codes.shape[1]}")
+        ids = level_token_ids(tokenizer, sizes)
+        vocab = max(len(tokenizer), max(int(a.max()) for a in ids) + 1)
+        level_of = torch.full((vocab,), -1, dtype=torch.long)
+        code_of = torch.zeros(vocab, dtype=torch.long)
+        for level, tok in enumerate(ids):
+            level_of[torch.as_tensor(tok)] = level
+            code_of[torch.as_tensor(tok)] = torch.arange(len(tok))
+        # mixed radix: key = ((c0 * K1 + c1) * K2 + c2) ...
+        radix = np.cumprod([1, *sizes[:0:-1]])[::-1].copy()
+        # ads whose S-ID the model cannot write (added later, beyond its vocabulary) get none
+        fits = np.flatnonzero((index.codes < np.asarray(sizes)).all(axis=1))
+        keys = torch.as_tensor(index.codes[fits] @ radix, dtype=torch.long)
+        order = torch.as_tensor(fits)[torch.argsort(keys)]
+        keys = keys.sort().values
+        device = self.proj.weight.device
+        self.levels = len(sizes)
+        self.level_of, self.code_of = level_of.to(device), code_of.to(device)
+        self.radix = torch.as_tensor(radix, dtype=torch.long, device=device)
+        self.keys, self.rows = keys.to(device), order.to(device)
+        self.text = torch.as_tensor(embeddings, dtype=self.proj.weight.dtype, device=device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The vectors to add to the input embeddings of ``input_ids`` (B, T), or None
+        when no complete S-ID of an indexed ad is in them."""
+        n, t = self.levels, input_ids.shape[-1]
+        if n == 0 or t < n or len(self.keys) == 0:
+            return None
+        ids = input_ids.clamp(0, len(self.level_of) - 1)
+        level, code = self.level_of[ids], self.code_of[ids]
+        ok = level[:, n - 1:] == n - 1
+        key = torch.zeros_like(ok, dtype=torch.long)
+        for j in range(n):  # window [p - n + 1, p]: level j sits at offset j
+            span = slice(j, t - n + 1 + j)
+            ok &= level[:, span] == j
+            key += code[:, span] * self.radix[j]
+        if not bool(ok.any()):
+            return None
+        pos = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
+        found = ok & (self.keys[pos] == key)
+        vec = self.proj(self.text[self.rows[pos]]) * found.unsqueeze(-1).to(self.text.dtype)
+        pad = vec.new_zeros(vec.shape[0], n - 1, vec.shape[2])
+        return torch.cat([pad, vec], dim=1)
+
+
+def _hook(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+    add = module.leadre_owner(args[0]) if args else None  # type: ignore[operator]
+    return out if add is None else out + add.to(out.dtype)
+
+
+def attach_item_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     index: SidIndex, embeddings: np.ndarray, seed: int = 0) -> ItemTextInput:
+    """Give ``model`` the text input (a fresh map, seeded; its output starts at the norm of
+    the token rows so the text is heard from the first step) and remember the text width in
+    its config, so :func:`restore_item_text` knows to put it back after loading."""
+    emb = model.get_input_embeddings()
+    adapter = ItemTextInput(embeddings.shape[1], emb.weight.shape[1]).to(emb.weight.device)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        scale = float(emb.weight.norm(dim=1).mean())
+        text_norm = float(np.linalg.norm(embeddings, axis=1).mean()) or 1.0
+        w = torch.randn(adapter.proj.weight.shape, generator=gen)
+        w *= scale / (text_norm * adapter.proj.weight.shape[0] ** 0.5)
+        adapter.proj.weight.copy_(w.to(adapter.proj.weight.dtype))
+    adapter.set_table(tokenizer, index, embeddings)
+    _install(model, adapter)
+    model.config.update({CONFIG_KEY: int(embeddings.shape[1])})
+    return adapter
+
+
+def _install(model: PreTrainedModel, adapter: ItemTextInput) -> None:
+    model.add_module(MODULE, adapter)
+    emb = model.get_input_embeddings()
+    # a plain attribute, not a submodule: the adapter is saved once, under MODULE
+    object.__setattr__(emb, "leadre_owner", adapter)
+    emb.register_forward_hook(_hook)
+
+
+def item_text_dim(model: PreTrainedModel) -> int | None:
+    """The text width a loaded model was trained with, None if it takes no item text."""
+    dim = getattr(model.config, CONFIG_KEY, None)
+    return int(dim) if dim else None
+
+
+def restore_item_text(model: PreTrainedModel, model_dir: str | Path,
+                      tokenizer: PreTrainedTokenizerBase, index: SidIndex,
+                      embeddings: np.ndarray) -> ItemTextInput | None:
+    """Put the saved map of a model trained with item text back (its weights from the
+    model's safetensors), with the table of ``index``; None for a model without it."""
+    dim = item_text_dim(model)
+    if dim is None:
+        return None
+    key = f"{MODULE}.proj.weight"
+    weight = None
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if key in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                weight = f.get_tensor(key)
+    if weight is None:
+        raise BadInputError(f"{model_dir}: config says the model takes item text, but no "
+                            f"{key} is saved")
+    emb = model.get_input_embeddings()
+    adapter = ItemTextInput(dim, emb.weight.shape[1]).to(emb.weight.device)
+    with torch.no_grad():
+        adapter.proj.weight.copy_(weight.to(adapter.proj.weight.dtype))
+    adapter.set_table(tokenizer, index, embeddings)
+    _install(model, adapter)
+    return adapter
+
+
+__all__ = ["ItemTextInput", "attach_item_text", "item_text_dim", "restore_item_text"]
