@@ -31,10 +31,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
-from leadre_model.llm.model import sid_level_sizes
+from leadre_model.llm.model import ITEM_TEXT_MODULE, sid_level_sizes
 from leadre_model.llm.tokenizer import level_token_ids
 
-MODULE = "leadre_item_text"
+MODULE = ITEM_TEXT_MODULE
 CONFIG_KEY = "leadre_item_text_dim"  # in the model's config.json: the text width it expects
 
 

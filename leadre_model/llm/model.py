@@ -11,9 +11,11 @@ stack on top of that later; PEFT is not a dependency yet).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -264,10 +266,41 @@ def load_model(
         raise BadInputError(f"{model_dir}: tokenizer files do not match the manifest's "
                             "tokenizer_sha256")
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+    with _quiet_item_text_report():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     model.name_or_path = manifest["base"]
     neutral_generation_config(model, tokenizer)
     return model.eval(), tokenizer, manifest
+
+
+# The item-text map (llm/item_text.py) is saved with the weights but is not a Qwen2 module:
+# transformers reports it as an UNEXPECTED key on every load, though restore_item_text puts
+# it back. Only a report about that key alone is dropped; any other key still shows.
+ITEM_TEXT_MODULE = "leadre_item_text"
+
+
+class _OnlyItemTextReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if ITEM_TEXT_MODULE not in msg:
+            return True
+        keys = [line for line in msg.splitlines() if "| UNEXPECTED" in line or "| MISSING" in line
+                or "| MISMATCH" in line]
+        return not all(line.lstrip().startswith(ITEM_TEXT_MODULE) for line in keys)
+
+
+@contextlib.contextmanager
+def _quiet_item_text_report() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils",
+                                              "transformers.utils.loading_report")]
+    filt = _OnlyItemTextReport()
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

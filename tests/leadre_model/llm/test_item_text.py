@@ -85,3 +85,18 @@ def test_added_ads_get_their_text_in_an_extended_retriever(small_index: Path) ->
     assert add is not None
     torch.testing.assert_close(add[0, -1], getattr(ext.model, MODULE).proj(torch.as_tensor(new_vec[0])))
 
+
+
+def test_load_report_is_dropped_only_when_it_is_about_the_item_text_map_alone() -> None:
+    import logging
+
+    from leadre_model.llm.model import _OnlyItemTextReport
+
+    def rec(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, msg, None, None)
+
+    ours = "Key | Status\nleadre_item_text.proj.weight | UNEXPECTED |  |\nNotes: ..."
+    other = ours.replace("Notes", "model.layers.0.mlp.up_proj.weight | MISSING |  |\nNotes")
+    keep = _OnlyItemTextReport()
+    assert not keep.filter(rec(ours))
+    assert keep.filter(rec(other)) and keep.filter(rec("some other warning"))
