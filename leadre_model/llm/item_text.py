@@ -30,7 +30,7 @@ from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
-from leadre_model.index.sid_index import SidIndex
+from leadre_model.index.sid_index import SidIndex, load_embeddings
 from leadre_model.llm.model import ITEM_TEXT_MODULE, sid_level_sizes
 from leadre_model.llm.tokenizer import level_token_ids
 
@@ -70,9 +70,8 @@ class ItemTextInput(torch.nn.Module):
         radix = np.cumprod([1, *sizes[:0:-1]])[::-1].copy()
         # ads whose S-ID the model cannot write (added later, beyond its vocabulary) get none
         fits = np.flatnonzero((index.codes < np.asarray(sizes)).all(axis=1))
-        keys = torch.as_tensor(index.codes[fits] @ radix, dtype=torch.long)
-        order = torch.as_tensor(fits)[torch.argsort(keys)]
-        keys = keys.sort().values
+        keys, perm = torch.sort(torch.as_tensor(index.codes[fits] @ radix, dtype=torch.long))
+        order = torch.as_tensor(fits)[perm]
         device = self.proj.weight.device
         self.levels = len(sizes)
         self.level_of, self.code_of = level_of.to(device), code_of.to(device)
@@ -114,7 +113,7 @@ def attach_item_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     the token rows so the text is heard from the first step) and remember the text width in
     its config, so :func:`restore_item_text` knows to put it back after loading."""
     emb = model.get_input_embeddings()
-    adapter = ItemTextInput(embeddings.shape[1], emb.weight.shape[1]).to(emb.weight.device)
+    adapter = _new_adapter(model, embeddings.shape[1])
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         scale = float(emb.weight.norm(dim=1).mean())
@@ -126,6 +125,11 @@ def attach_item_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     _install(model, adapter)
     model.config.update({CONFIG_KEY: int(embeddings.shape[1])})
     return adapter
+
+
+def _new_adapter(model: PreTrainedModel, text_dim: int) -> ItemTextInput:
+    weight = model.get_input_embeddings().weight
+    return ItemTextInput(text_dim, weight.shape[1]).to(weight.device)
 
 
 def _install(model: PreTrainedModel, adapter: ItemTextInput) -> None:
@@ -144,9 +148,10 @@ def item_text_dim(model: PreTrainedModel) -> int | None:
 
 def restore_item_text(model: PreTrainedModel, model_dir: str | Path,
                       tokenizer: PreTrainedTokenizerBase, index: SidIndex,
-                      embeddings: np.ndarray) -> ItemTextInput | None:
+                      index_dir: str | Path) -> ItemTextInput | None:
     """Put the saved map of a model trained with item text back (its weights from the
-    model's safetensors), with the table of ``index``; None for a model without it."""
+    model's safetensors), with the table of ``index`` (its embeddings read from
+    ``index_dir`` only then); None for a model without it."""
     dim = item_text_dim(model)
     if dim is None:
         return None
@@ -159,11 +164,10 @@ def restore_item_text(model: PreTrainedModel, model_dir: str | Path,
     if weight is None:
         raise BadInputError(f"{model_dir}: config says the model takes item text, but no "
                             f"{key} is saved")
-    emb = model.get_input_embeddings()
-    adapter = ItemTextInput(dim, emb.weight.shape[1]).to(emb.weight.device)
+    adapter = _new_adapter(model, dim)
     with torch.no_grad():
         adapter.proj.weight.copy_(weight.to(adapter.proj.weight.dtype))
-    adapter.set_table(tokenizer, index, embeddings)
+    adapter.set_table(tokenizer, index, load_embeddings(Path(index_dir)))
     _install(model, adapter)
     return adapter
 

@@ -18,10 +18,10 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
-from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
+from leadre_model.index.sid_index import SidIndex, load_index, load_trie
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import Hit, Prompts, cold_prefix_nodes, constrained_beam_search
-from leadre_model.llm.item_text import MODULE, item_text_dim, restore_item_text
+from leadre_model.llm.item_text import MODULE, restore_item_text
 from leadre_model.llm.manifest import Manifest
 from leadre_model.llm.model import load_model
 from leadre_model.llm.tokenizer import level_token_ids
@@ -53,8 +53,7 @@ class SidRetriever:
         index = load_index(Path(index_dir))
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
                                                 dtype=dtype)
-        if item_text_dim(model) is not None:
-            restore_item_text(model, model_dir, tokenizer, index, load_embeddings(Path(index_dir)))
+        restore_item_text(model, model_dir, tokenizer, index, index_dir)
         return cls(model, tokenizer, index, load_trie(Path(index_dir)),
                    manifest=Manifest.model_validate(manifest))
 
