@@ -19,6 +19,7 @@ against the weaker BCE version — so the harness reports both.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -219,15 +220,15 @@ class _SASRecNet(nn.Module):
         L = seq.shape[1]
         real = seq > 0
         if self.positions == "forward":
-            pos = (torch.arange(L) - (~real).sum(1, keepdim=True)).clamp(min=0)
+            pos = (torch.arange(L, device=seq.device) - (~real).sum(1, keepdim=True)).clamp(min=0)
         else:
-            pos = torch.arange(L - 1, -1, -1).expand(seq.shape[0], L)
+            pos = torch.arange(L - 1, -1, -1, device=seq.device).expand(seq.shape[0], L)
         x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos(pos)
         x = self.drop(x) * real.unsqueeze(-1)
         # Blocked: future keys and padding keys; each position may always see itself, so a
         # padding row is never fully masked (that would give NaN).
-        blocked = torch.ones(L, L, dtype=torch.bool).triu(1) | ~real[:, None, :]
-        blocked &= ~torch.eye(L, dtype=torch.bool)
+        blocked = torch.ones(L, L, dtype=torch.bool, device=seq.device).triu(1) | ~real[:, None, :]
+        blocked &= ~torch.eye(L, dtype=torch.bool, device=seq.device)
         mask = blocked.repeat_interleave(self.heads, dim=0)
         return self.norm(self.encoder(x, mask=mask))
 
@@ -238,15 +239,21 @@ class SASRec(ItemRecommender):
     records one dict per validation round. Empty histories fall back to popularity."""
 
     def __init__(self, n_items: int, cfg: SASRecConfig | None = None,
-                 allowed: np.ndarray | None = None, progress: bool = True) -> None:
+                 allowed: np.ndarray | None = None, progress: bool = True,
+                 device: torch.device | None = None) -> None:
         super().__init__(n_items, allowed)
         self.cfg = cfg or SASRecConfig()
         self.progress = progress
+        self.device = device or torch.device("cpu")
         self.log: list[dict[str, float]] = []
         self.info: dict[str, object] = {}
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG
+        with self._rng():  # seeded init without touching global RNG
             torch.manual_seed(self.cfg.seed)
-            self.net = _SASRecNet(n_items, self.cfg)
+            self.net = _SASRecNet(n_items, self.cfg).to(self.device)
+
+    def _rng(self) -> contextlib.AbstractContextManager[None]:
+        """Fork the RNGs this model draws from (the CPU's, and its CUDA device's)."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
     def _pad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         L = max(1, max((len(s) for s in seqs), default=1))
@@ -254,7 +261,7 @@ class SASRec(ItemRecommender):
         for i, s in enumerate(seqs):
             if len(s):
                 out[i, L - len(s) :] = torch.as_tensor(s, dtype=torch.long) + 1
-        return out
+        return out.to(self.device)
 
     def fit(self, train_sequences: Histories, valid: Valid | None = None) -> Self:
         super().fit(train_sequences)
@@ -272,7 +279,7 @@ class SASRec(ItemRecommender):
         cap = f", cap {cfg.time_budget_s:.0f}s" if cfg.time_budget_s is not None else ""
         bar = tqdm(range(1, cfg.epochs + 1), desc=f"sasrec-{cfg.loss} (early stop{cap})",
                    disable=not self.progress)
-        with torch.random.fork_rng(devices=[]):
+        with self._rng():
             torch.manual_seed(cfg.seed)
             for epoch in bar:
                 loss = self._epoch(seqs, opt, rng)
@@ -312,7 +319,7 @@ class SASRec(ItemRecommender):
                 "popularity": self.popularity}
 
     def load_state(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.net.load_state_dict(state["net"])  # onto this model's device, wherever saved
         self.net.eval()
         self.log, self.info = state["log"], {**state["info"], "from_cache": True}
         self.popularity = np.asarray(state["popularity"])
@@ -338,7 +345,7 @@ class SASRec(ItemRecommender):
                 logits = h @ self.net.item.weight[1:].T
                 loss = F.cross_entropy(logits, y - 1)
             else:
-                neg = torch.from_numpy(rng.integers(1, self.n_items + 1, len(y)))
+                neg = torch.from_numpy(rng.integers(1, self.n_items + 1, len(y))).to(self.device)
                 neg = torch.where(neg == y, neg % self.n_items + 1, neg)  # never the positive
                 pos_l = (h * self.net.item(y)).sum(-1)
                 neg_l = (h * self.net.item(neg)).sum(-1)
@@ -356,7 +363,7 @@ class SASRec(ItemRecommender):
         self.net.eval()
         hist = [list(h[-self.cfg.max_len :]) for h in histories]
         h = self.net(self._pad(hist))[:, -1]  # left-padded: the last slot is the latest item
-        s = (h @ self.net.item.weight[1:].T).numpy().astype(np.float64)
+        s = (h @ self.net.item.weight[1:].T).float().cpu().numpy().astype(np.float64)
         empty = np.array([len(x) == 0 for x in hist])
         if empty.any():
             s[empty] = self.popularity

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ FORMAT_VERSION = 1
 # A level gets a dense mask when it has fewer cells than this and is >= 1/4 full.
 DENSE_MAX_CELLS = 1 << 24
 _MAX_ROW = np.iinfo(np.int32).max
+T = TypeVar("T")
 
 
 class SidTrie:
@@ -72,6 +74,8 @@ class SidTrie:
         # row → leaf through a sorted copy of the rows: any row ids, 8 bytes per ad.
         order = np.argsort(self._leaf_row, kind="stable")
         self._row_sorted, self._row_leaf = self._leaf_row[order], order.astype(np.int32)
+        # Derived views (e.g. the decoder's device tensors), dropped on every change.
+        self._memo: dict[Hashable, Any] = {}
 
     @classmethod
     def build(cls, codes: np.ndarray, rows: np.ndarray, active: np.ndarray | None = None,
@@ -217,6 +221,31 @@ class SidTrie:
             out[:, lv] = self._code[lv][nodes]
             nodes = self._key[lv][nodes] // self._k[lv]
         return out
+
+    def children_csr(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The edges of ``level`` as read-only CSR arrays: ``start`` (n_level + 2,) int64
+        (node n's children are the level+1 nodes ``start[n]:start[n+1]``, by code; the last
+        node is a childless sentinel for dead beams); per level+1 node, its int32 edge
+        label ``code`` and ``active`` (bool: it leads to an active ad)."""
+        level = self._level(level)
+        views = (self._start[level].view(), self._code[level].view(), self._count[level + 1] > 0)
+        for v in views:
+            v.flags.writeable = False
+        return views
+
+    @property
+    def leaf_rows(self) -> np.ndarray:
+        """(N,) int32 index row of every leaf (read-only view), paused or not."""
+        v = self._leaf_row.view()
+        v.flags.writeable = False
+        return v
+
+    def memo(self, key: Hashable, build: Callable[[SidTrie], T]) -> T:
+        """``build(self)``, kept under ``key`` until the trie next changes (pause, resume,
+        add, remove): for views derived from it, such as the decoder's device tensors."""
+        if key not in self._memo:
+            self._memo[key] = build(self)
+        return self._memo[key]
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes (N, L), rows (N,), active (N,)) of every ad, in S-ID order."""
@@ -375,6 +404,7 @@ class SidTrie:
 
     def _set_active(self, rows: np.ndarray, value: bool) -> None:
         leaves = np.unique(self._leaves_of_rows(rows))
+        self._memo.clear()
         nodes = leaves[(self._count[-1][leaves] > 0) != value]
         weight = np.ones(len(nodes), dtype=np.int64)  # leaves toggled below each node
         for lv in range(self.num_levels, -1, -1):

@@ -3,9 +3,12 @@
 One prefill runs every prompt of a batch (left-padded, so each prompt's last token is in the
 last column; prompts are bucketed by length first, so little is padding); then one decoding
 step per S-ID level feeds only the B chosen tokens of each prompt. At level l a beam scores
-only the codes its trie node allows (``trie.valid_mask``, one numpy gather for the whole
-batch); all other codes get -inf. The B best (beam, code) pairs per prompt survive — no
-Python per beam, no ``generate()``.
+only its trie node's active children: the trie lives on the model's device as CSR tensors
+(:mod:`leadre_model.llm.trie_tensors`), a step gathers every beam's children as one padded
+(beams, D_l) block, reads the log-probabilities of those tokens only, and keeps the B best
+(beam, child) pairs per prompt with one top-k. Beam states, scores and histories stay on the
+device: no host round trip per level, no Python per beam, no ``generate()``; the same code
+runs on a CPU and on a GPU.
 
 Two engines compute a step's logits, with identical results:
 
@@ -42,6 +45,12 @@ from leadre_model.llm.prefix_attention import (
     attention_implementation,
     supports_shared_prefix,
 )
+from leadre_model.llm.trie_tensors import (
+    excluded,
+    full_grid_children,
+    sorted_exclusions,
+    trie_tensors,
+)
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
 Engine = Literal["auto", "shared_prefix", "reorder"]
@@ -58,10 +67,12 @@ class Hit:
 
 @dataclass(frozen=True)
 class Beams:
-    """The final beams of one prompt, best first: codes (w, L) int64, scores (w,) float64."""
+    """The final beams of one prompt, best first: codes (w, L) int64, scores (w,) float64
+    and, for a constrained search, the ads' index rows (w,) int64."""
 
     codes: np.ndarray
     scores: np.ndarray
+    rows: np.ndarray | None = None
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Prompts) -> list[list[int]]:
@@ -226,45 +237,54 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
     logits = out.logits[:, -1]
     steps = (_SharedPrefixSteps if shared else _ReorderSteps)(model, prompt_mask, out.cache)
     del out
-    width = 1  # beams per prompt so far: 1 (the root), then min(B, width * K_l)
-    nodes = np.zeros(n, dtype=np.int64)  # trie node per beam (root)
+    # Everything below stays on the model's device: the trie's tensors, beam states,
+    # scores and histories; the host sees the result once, at the end.
+    tt = trie_tensors(trie, device) if trie is not None else None
+    excl = sorted_exclusions(exclude, device) if tt is not None and exclude is not None else None
+    cold = ([tt.node_flags(lv, c) if lv > 0 and len(c) else None
+             for lv, c in enumerate(cold_nodes)] if tt is not None and cold_nodes is not None
+            else [None] * len(tokens))
+    width = 1  # beams per prompt so far: 1 (the root), then min(B, width * D_l)
+    nodes = torch.zeros(n, dtype=torch.long, device=device)  # trie node per beam (root)
     score = torch.zeros(n, device=device)
-    history = np.zeros((n, 0), dtype=np.int64)
+    history = torch.zeros((n, 0), dtype=torch.long, device=device)
     prompt_of = torch.arange(n, device=device)[:, None]
+    last = len(tokens) - 1
     for level, level_ids in enumerate(tokens):
-        k = len(level_ids)
-        cand = score[:, None] + _full_vocab_logprobs(logits, level_ids)  # (n * width, K)
-        if trie is not None:
-            valid = trie.valid_mask(level, nodes)
-            last = level == len(tokens) - 1
-            if last and exclude is not None and any(exclude):
-                valid &= ~_excluded(trie, history, k, width, exclude)
-            if level > 0 and cold_nodes is not None and len(cold_nodes[level]):
-                child = trie.step(level, np.repeat(nodes, k),
-                                  np.tile(np.arange(k, dtype=np.int64), len(nodes)))
-                cold = torch.from_numpy(np.isin(child.reshape(len(nodes), k), cold_nodes[level])
-                                        & valid)
-                share = score[:, None] - torch.log(torch.from_numpy(valid.sum(1, keepdims=True))
-                                                   .clamp(min=1).to(score.dtype))
-                cand = torch.where(cold.to(device), share.expand_as(cand), cand)
-            cand = cand.masked_fill(~torch.from_numpy(valid).to(device), float("-inf"))
-        new_width = min(beam_width, width * k)
-        top, idx = cand.view(n, width * k).topk(new_width, dim=1)  # sorted: best first
-        parent = (prompt_of * width + idx // k).reshape(-1)  # global row of the parent beam
-        code = (idx % k).reshape(-1)
-        parent_np, code_np = parent.cpu().numpy(), code.cpu().numpy()
+        kids = (tt.children(level, nodes) if tt is not None
+                else full_grid_children(len(level_ids), len(nodes), device))
+        valid = kids.valid
+        cand = score[:, None] + _full_vocab_logprobs(logits, level_ids[kids.codes])  # (n·w, D)
+        if level == last and excl is not None:
+            rows = tt.leaf_rows[kids.nodes].reshape(n, -1)  # type: ignore[union-attr]
+            valid = valid & ~excluded(excl, rows).view_as(valid)
+        if cold[level] is not None:
+            # an added ad's step: the parent's score shared evenly among its valid children
+            share = score[:, None] - valid.sum(1, keepdim=True).clamp(min=1).to(score.dtype).log()
+            cand = torch.where(cold[level][kids.nodes] & valid, share, cand)  # type: ignore[index]
+        cand = cand.masked_fill(~valid, float("-inf"))
+        fan = cand.shape[1]
+        new_width = min(beam_width, width * fan)
+        top, idx = cand.view(n, width * fan).topk(new_width, dim=1)  # sorted: best first
+        parent = (prompt_of * width + idx // fan).reshape(-1)  # global row of the parent beam
+        code = kids.codes.reshape(n, -1).gather(1, idx).reshape(-1)
+        # Dead beams (fewer valid prefixes than B) keep -inf and node -1: no children.
+        child = kids.nodes.reshape(n, -1).gather(1, idx).reshape(-1)
         score, width = top.reshape(-1), new_width
-        if trie is not None:
-            # Dead beams (fewer valid prefixes than B) keep -inf and node -1: no children.
-            alive = torch.isfinite(score).cpu().numpy()
-            nodes = np.where(alive, trie.step(level, nodes[parent_np], code_np), -1)
-        history = np.concatenate([history[parent_np], code_np[:, None]], axis=1)
-        if level + 1 < len(tokens):
+        nodes = torch.where(torch.isfinite(score), child, -1)
+        history = torch.cat([history[parent], code[:, None]], dim=1)
+        if level < last:
             logits = steps.step(parent, level_ids[code], level, width)
     scores = score.double().cpu().numpy().reshape(n, width)
-    codes = history.reshape(n, width, -1)
-    return [Beams(codes[p][np.isfinite(scores[p])], scores[p][np.isfinite(scores[p])])
-            for p in range(n)]
+    codes = history.cpu().numpy().reshape(n, width, -1)
+    rows = (tt.leaf_rows[nodes.clamp(min=0)].where(nodes >= 0, -1).cpu().numpy().reshape(n, width)
+            if tt is not None else None)
+    out_beams = []
+    for p in range(n):
+        live = np.isfinite(scores[p])
+        out_beams.append(Beams(codes[p][live], scores[p][live],
+                               None if rows is None else rows[p][live]))
+    return out_beams
 
 
 def cold_prefix_nodes(trie: SidTrie, codes: np.ndarray, cold: np.ndarray) -> list[np.ndarray]:
@@ -280,36 +300,16 @@ def cold_prefix_nodes(trie: SidTrie, codes: np.ndarray, cold: np.ndarray) -> lis
     return out
 
 
-def _leaf_rows(trie: SidTrie, history: np.ndarray, k: int) -> np.ndarray:
-    """(beams, k) index row of each last-level child of each beam (-1: none)."""
-    n_beams = len(history)
-    codes = np.concatenate([np.repeat(history, k, axis=0),
-                            np.tile(np.arange(k, dtype=np.int64), n_beams)[:, None]], axis=1)
-    return trie.lookup(codes).reshape(n_beams, k)
-
-
-def _excluded(trie: SidTrie, history: np.ndarray, k: int, width: int,
-              exclude: Sequence[Collection[int]]) -> np.ndarray:
-    """(rows, k) bool: which last-level children of each beam are excluded ads."""
-    rows = _leaf_rows(trie, history, k)
-    n_beams = len(history)
-    out = np.zeros((n_beams, k), dtype=bool)
-    for p, rows_out in enumerate(exclude):
-        if rows_out:
-            lo = p * width
-            out[lo:lo + width] = np.isin(rows[lo:lo + width], np.fromiter(rows_out, np.int64))
-    return out
-
-
-def _full_vocab_logprobs(logits: torch.Tensor, level_ids: torch.Tensor) -> torch.Tensor:
-    """log softmax over the whole vocabulary, read at this level's tokens only (never the
-    full (rows, V) log-prob matrix: one logsumexp and one gather)."""
+def _full_vocab_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log softmax over the whole vocabulary, read at each row's own candidate tokens
+    (``token_ids`` (rows, D)) only: one logsumexp and one gather, never the full (rows, V)
+    log-prob matrix."""
     logits = logits.float()
-    return logits[:, level_ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return logits.gather(1, token_ids) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def _hits(trie: SidTrie, beams: Beams) -> list[Hit]:
-    rows = trie.lookup(beams.codes) if len(beams.codes) else np.zeros(0, dtype=np.int64)
+    rows = beams.rows if beams.rows is not None else trie.lookup(beams.codes)
     if (rows < 0).any():  # a bug, never a model quirk: the trie chose every code
         raise RuntimeError("constrained search produced an S-ID that is not an active ad")
     return [Hit(int(r), tuple(int(c) for c in codes), float(s))

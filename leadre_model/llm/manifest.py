@@ -68,6 +68,12 @@ class Manifest(BaseModel):
         return self.extra.get("train", {}).get("config", {}) or {}
 
     @property
+    def trained_on(self) -> str:
+        """The device ``leadre train`` ran on, e.g. ``cpu (2 threads)`` or ``cuda:0 (NVIDIA
+        H200)`` (``""`` for models saved otherwise). Informational: weights load anywhere."""
+        return str(self.extra.get("train", {}).get("device", ""))
+
+    @property
     def prompt_config(self) -> PromptConfig:
         """The PromptConfig the model was trained with (defaults when absent)."""
         cfg = self.train_config.get("prompts")
