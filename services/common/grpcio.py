@@ -1,10 +1,12 @@
 """gRPC plumbing shared by the servers: validation → INVALID_ARGUMENT, unexpected errors →
-INTERNAL without a traceback, standard health service, graceful stop (the error types:
+INTERNAL without a traceback, malformed request bytes → INVALID_ARGUMENT (not grpc's
+UNKNOWN "Unexpected DecodeError"), standard health service, graceful stop (the error types:
 ``services.common.errors``)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,10 +73,98 @@ def rpc(method: str) -> Callable[[Handler[T]], Handler[T]]:
     return deco
 
 
+class _Malformed:
+    """What a request deserializer returns for bytes that are no valid message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _checked(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` with a deserializer that never raises and a behaviour that answers
+    INVALID_ARGUMENT, naming the method and the parse error, for a malformed message
+    (grpc would answer UNKNOWN). Streaming requests are left as they are (none here)."""
+    deserialize = handler.request_deserializer
+    if handler.request_streaming or deserialize is None:
+        return handler
+
+    def parse(raw: bytes) -> object:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # DecodeError, a string field that is not UTF-8, …
+            return _Malformed(f"{type(exc).__name__}: {exc}")
+
+    async def refuse(request: _Malformed, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{method}: malformed request message ({request.reason})")
+
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if type(request) is _Malformed:
+                await refuse(request, context)
+            return await inner(request, context)
+
+        return handler._replace(request_deserializer=parse, unary_unary=unary)
+    inner_stream = handler.unary_stream
+    if inspect.isasyncgenfunction(inner_stream):
+        async def stream_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if type(request) is _Malformed:
+                await refuse(request, context)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return handler._replace(request_deserializer=parse, unary_stream=stream_gen)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:  # context.write
+        if type(request) is _Malformed:
+            await refuse(request, context)
+        return await inner_stream(request, context)
+
+    return handler._replace(request_deserializer=parse, unary_stream=stream)
+
+
+class _CheckedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self.inner = inner
+        self.cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method not in self.cache:
+            handler = self.inner.service(details)
+            self.cache[details.method] = None if handler is None else _checked(handler, details.method)
+        return self.cache[details.method]
+
+
+class _CheckedRegistrar:
+    """What a generated ``add_*Servicer_to_server`` sees as the server: every handler it
+    registers goes to the real server through :func:`_checked`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_CheckedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.server.add_registered_method_handlers(
+            service, {name: _checked(h, f"/{service}/{name}") for name, h in handlers.items()})
+
+
+def add_servicer(add: Callable[[T, Any], None], servicer: T, server: grpc.aio.Server) -> None:
+    """``add(servicer, server)`` (a generated ``add_*Servicer_to_server``) with every method
+    answering malformed request bytes with INVALID_ARGUMENT."""
+    add(servicer, _CheckedRegistrar(server))
+
+
 async def add_health(server: grpc.aio.Server, services: Sequence[str]) -> health_aio.HealthServicer:
     """Standard grpc.health.v1 service; every name in ``services`` (and "") SERVING."""
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    add_servicer(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     for name in ("", *services):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return health

@@ -4,8 +4,11 @@ Bad input → 422 with a message, the user server down → 503, never a tracebac
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Path, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from leadre_model.data.records import ID_PATTERN
@@ -38,6 +41,12 @@ def create_app(core: MixerCore) -> FastAPI:
     app.add_middleware(Guard, keys=api_keys(core.s), max_body=core.s.max_request_bytes)
 
     app.add_middleware(Timing, latency=core.m.latency)  # outside Guard: 401/413 are timed too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 body, but an input it echoes back may be NaN or Infinity
+        # (Python's json reads them), which strict JSON cannot carry: sent as text.
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
@@ -88,3 +97,14 @@ def create_app(core: MixerCore) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _finite(v: object) -> object:
+    """``v`` with every NaN / ±Infinity float replaced by its text (``"nan"``, ``"inf"``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import uvicorn
 
-from services.common.grpcio import add_health, set_not_serving
+from services.common.grpcio import add_health, add_servicer, set_not_serving
 from services.common.pb import leadre_pb2_grpc as pb_grpc
 from services.common.security import ApiKeyInterceptor, add_port, api_keys, grpc_options
 from services.common.settings import Settings
@@ -55,7 +55,7 @@ async def start_mixer(settings: Settings, index_dir: Callable[[], Path | None],
     keys = api_keys(settings)
     server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)] if keys else None,
                              options=grpc_options(settings))
-    pb_grpc.add_MixerServicer_to_server(MixerService(core), server)
+    add_servicer(pb_grpc.add_MixerServicer_to_server, MixerService(core), server)
     health = await add_health(server, [SERVICE])
     port = add_port(
         server, f"{settings.bind_host}:{settings.mixer_grpc_port if grpc_port is None else grpc_port}",

@@ -21,7 +21,7 @@ from services.common.convert import (
     scored_ad,
 )
 from services.common.errors import BadRequest
-from services.common.grpcio import add_health, rpc, set_not_serving
+from services.common.grpcio import add_health, add_servicer, rpc, set_not_serving
 from services.common.metrics import Metrics
 from services.common.pb import leadre_pb2 as pb
 from services.common.pb import leadre_pb2_grpc as pb_grpc
@@ -116,7 +116,8 @@ async def start_user_server(settings: Settings, port: int | None = None
     metrics = UserServerMetrics()
     store = UserStore(settings)
     server = grpc.aio.server(options=grpc_options(settings))
-    pb_grpc.add_UserServerServicer_to_server(UserServerService(store, settings, metrics), server)
+    add_servicer(pb_grpc.add_UserServerServicer_to_server,
+                 UserServerService(store, settings, metrics), server)
     health = await add_health(server, [SERVICE])
     bound = add_port(server, f"{settings.bind_host}:{settings.user_server_port if port is None else port}",
                      settings)

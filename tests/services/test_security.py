@@ -6,6 +6,7 @@ against the Mixer's OpenAPI spec that must never see a 5xx."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,54 @@ def test_grpc_api_key_and_invalid_argument(locked: Mixer) -> None:
         health = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="leadre.v1.Mixer"), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# Bytes that are no valid message: a truncated field, an over-long varint, a string field
+# (1) that is not UTF-8, a length past the end, random bytes (seeded).
+MALFORMED = (b"\x0a", b"\x08" + b"\xff" * 11, b"\x0a\x02\xff\xfe", b"\x0a\x7fab",
+             bytes(random.Random(5).randrange(256) for _ in range(64)))
+
+
+def grpc_methods(user_server: str, mixer: str) -> list[tuple[str, str, bool]]:
+    """(target, full method, server streaming) of every gRPC method of both servers."""
+    out = []
+    for target, names in ((mixer, ("leadre.v1.Mixer",)), (user_server, ("leadre.v1.UserServer",))):
+        for name in names:
+            for m in pb.DESCRIPTOR.services_by_name[name.split(".")[-1]].methods:
+                out.append((target, f"/{name}/{m.name}", False))
+        out += [(target, "/grpc.health.v1.Health/Check", False),
+                (target, "/grpc.health.v1.Health/Watch", True)]
+    return out
+
+
+def test_non_finite_numbers_and_malformed_protobuf(open_mixer: Mixer, user_server: str) -> None:
+    """NaN / Infinity in a JSON body is a 422 naming the field (FastAPI's handler could not
+    render the NaN it echoes: 500); malformed protobuf bytes to every gRPC method of the
+    Mixer and the User Server, health included, are INVALID_ARGUMENT with the parse error
+    (grpc's default: UNKNOWN "Unexpected DecodeError")."""
+    u = open_mixer.user
+    with httpx.Client(base_url=open_mixer.base, timeout=10,
+                      headers={"content-type": "application/json"}) as http:
+        for path, body, field in (
+                ("/v1/retrieve", f'{{"user_id":"{u}","k":NaN}}', "k"),
+                ("/v1/retrieve", f'{{"user_id":"{u}","k":Infinity}}', "k"),
+                ("/v1/retrieve", '{"user_id":-Infinity,"k":3}', "user_id"),
+                ("/v1/retrieve", "NaN", "body"),
+                ("/v1/rank-features", f'{{"user_id":"{u}","candidate_ad_ids":[NaN]}}',
+                 "candidate_ad_ids")):
+            r = http.post(path, content=body)
+            assert r.status_code == 422, (body, r.status_code, r.text)
+            assert field in r.text and r.json()["detail"], body
+    for target, method, streaming in grpc_methods(user_server, open_mixer.grpc_target):
+        with grpc.insecure_channel(target) as ch:
+            call = (ch.unary_stream if streaming else ch.unary_unary)(method)
+            for raw in MALFORMED:
+                with pytest.raises(grpc.RpcError) as e:
+                    out = call(raw, timeout=5)
+                    if streaming:
+                        next(iter(out))
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, raw, e.value)
+                assert method in e.value.details() and "malformed" in e.value.details()
 
 
 def test_schemathesis_no_5xx(open_mixer: Mixer) -> None:
