@@ -93,7 +93,7 @@ def _checked(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
     def parse(raw: bytes) -> object:
         try:
             return deserialize(raw)
-        except Exception as exc:  # DecodeError, a string field that is not UTF-8, …
+        except Exception as exc:  # noqa: BLE001 — DecodeError, a string field not UTF-8, …
             return _Malformed(f"{type(exc).__name__}: {exc}")
 
     async def refuse(request: _Malformed, context: grpc.aio.ServicerContext) -> None:
@@ -161,9 +161,21 @@ def add_servicer(add: Callable[[T, Any], None], servicer: T, server: grpc.aio.Se
     add(servicer, _CheckedRegistrar(server))
 
 
+class _Health(health_aio.HealthServicer):
+    """grpc's health service, whose NOT_FOUND for an unknown service name says so (grpc's
+    own answers it without a message)."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in self._server_status:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown service {request.service[:100]!r}")
+        return await super().Check(request, context)  # type: ignore[no-any-return]
+
+
 async def add_health(server: grpc.aio.Server, services: Sequence[str]) -> health_aio.HealthServicer:
     """Standard grpc.health.v1 service; every name in ``services`` (and "") SERVING."""
-    health = health_aio.HealthServicer()
+    health = _Health()
     add_servicer(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     for name in ("", *services):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
