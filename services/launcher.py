@@ -149,7 +149,8 @@ class LocalStack:
 
     def worker_joined(self) -> bool:
         try:
-            consumers = self.r.xinfo_consumers(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP)
+            stream = keys.behavior_streams(self.settings.behavior_partitions)[0][0]
+            consumers = self.r.xinfo_consumers(stream, keys.WORKER_GROUP)
         except redis.ResponseError:
             return False
         return any(c["name"] == self.worker_name for c in consumers)

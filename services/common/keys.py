@@ -8,10 +8,17 @@ the ad, its fallback rankings, the update event and the catalog version in one M
 catalog applier acks updates and appends catalog events in one MULTI). The behaviour stream
 and its dead letters share ``{behaviors}`` (a dead letter is appended and acked in one
 MULTI): the stream, its consumer group and its pending entries live on the shard that owns
-that slot (README, "Redis Cluster"). Other keys are only read or written one at a time.
+that slot (README, "Redis Cluster"). With ``behavior_partitions`` N > 1 there are N
+such streams, one per slot range (:func:`behavior_streams`), and a user's events all go to one
+of them (:func:`partition_of`). Other keys are only read or written one at a time.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
+from zlib import crc32
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Streams
 BEHAVIOR_STREAM = "leadre:{behaviors}"  # one entry per recorded behaviour (BehaviorEvent)
@@ -56,3 +63,29 @@ ID_EPOCH = "leadre:{ids}:epoch"
 def id_keys(ns: str) -> tuple[str, str]:
     """(hash string -> number, list number -> string) of one id namespace."""
     return f"leadre:{{ids}}:{ns}", f"leadre:{{ids}}:{ns}:names"
+
+
+# Partitioned behaviour streams (setting behavior_partitions).
+@lru_cache(maxsize=8)
+def behavior_streams(partitions: int) -> tuple[tuple[str, str], ...]:
+    """(stream, dead-letter stream) of each partition. One partition: ``BEHAVIOR_STREAM``
+    and ``BEHAVIOR_DEAD``. N > 1: partition p's hash tag is the first ``behaviors:p:i`` whose
+    slot lies in the p-th of N equal slot ranges, so the partitions spread over the masters
+    as evenly as the slots do (a cluster made by ``redis-cli --cluster create`` gives each
+    master one contiguous range); its dead letters share the tag (one MULTI)."""
+    if partitions == 1:
+        return ((BEHAVIOR_STREAM, BEHAVIOR_DEAD),)
+    out = []
+    for p in range(partitions):
+        lo, hi = (REDIS_CLUSTER_HASH_SLOTS * p // partitions,
+                  REDIS_CLUSTER_HASH_SLOTS * (p + 1) // partitions)
+        i = 0
+        while not lo <= key_slot(f"behaviors:{p}:{i}".encode()) < hi:
+            i += 1
+        out.append((f"leadre:{{behaviors:{p}:{i}}}", f"leadre:{{behaviors:{p}:{i}}}:dead"))
+    return tuple(out)
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition of a user's behaviour events (all of them: their order is kept)."""
+    return crc32(user_id.encode()) % partitions if partitions > 1 else 0

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     history_window_days: int = Field(default=90, ge=1)
     user_max_batch: int = Field(default=1000, ge=1)
     behavior_stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    # partitioned ingest (issue 22): behaviour events go to N streams by a hash of the user,
+    # each stream in its own slot (keys.behavior_streams); workers consume every partition
+    behavior_partitions: int = Field(default=1, ge=1, le=256)
+    # RecordBehaviors answers only once this many replicas hold its writes (WAIT; 0: off);
+    # short of them within the timeout it answers UNAVAILABLE (a retry is idempotent)
+    durable_replicas: int = Field(default=0, ge=0, le=16)
+    durable_timeout_ms: int = Field(default=1000, ge=1)
     fallback_categories: int = Field(default=3, ge=1)
     hot_cache_ttl_s: float = Field(default=1.0, ge=0, description="user server: how stale the "
                                    "cached top of a fallback ranking may be")

@@ -11,6 +11,13 @@ reason. Scheduling (coalescing, ARPU tiers, capacity budget): :mod:`.scheduler`.
 Backpressure: a worker holds at most ``worker_max_pending`` entries read and not yet
 acked (reads, recovery and claims ask for no more than the room left); when inference is
 slow the rest waits in the stream, for this worker or another one.
+
+Partitions (``behavior_partitions`` N > 1, :func:`keys.behavior_streams`): every worker
+reads every partition stream, one command each (on a cluster they are in different slots),
+starting at a rotating one; when none had anything it blocks on one of them for its share
+of the block time. An entry is named ``<id>/<partition>`` inside the worker (stream ids
+are unique per stream only; partition 0 keeps the bare id). A user's events are all in one
+partition, so their order holds.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -90,6 +98,8 @@ class NearlineWorker:
         self.stopping = threading.Event()
         self._reported = TierStatsCursor()
         self._polled = {"version": -1e9, "catalog": -1e9, "claim": -1e9}
+        self.streams = keys.behavior_streams(s.behavior_partitions)
+        self._next_partition = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def run(self) -> None:
@@ -146,24 +156,45 @@ class NearlineWorker:
         self._dispatch()
         busy = not self.scheduler.idle()
         block = max(1, min(self.s.worker_block_ms, 10 if busy else self.s.worker_block_ms))
-        room = self._room()
-        if room:
-            got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {keys.BEHAVIOR_STREAM: ">"},
-                                    count=room, block=block)
-            for _, entries in got or []:
-                self._ingest(entries, "new")
+        if self._room():
+            self._read_new(block)
         else:  # full: wait for completions instead of reading more
             self.stopping.wait(block / 1000)
         self._dispatch()
         self._report()
 
+    def _read_new(self, block_ms: int) -> None:
+        """New entries of every partition, up to the room left (see the module doc)."""
+        n = len(self.streams)
+        first = self._next_partition
+        self._next_partition = (first + 1) % n
+        if n > 1:
+            got_any = False
+            for p in [(first + i) % n for i in range(n)]:
+                if room := self._room():
+                    got = self.r.xreadgroup(keys.WORKER_GROUP, self.name,
+                                            {self.streams[p][0]: ">"}, count=room)
+                    got_any |= self._ingest_reply(got, p, "new")
+            if got_any or not self._room():
+                return
+            block_ms = max(1, block_ms // n)
+        got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {self.streams[first][0]: ">"},
+                                count=self._room(), block=block_ms)
+        self._ingest_reply(got, first, "new")
+
+    def _ingest_reply(self, got: Sequence[Any] | None, p: int, how: str) -> bool:
+        entries = [e for _, es in got or [] for e in es]
+        self._ingest(entries, how, p)
+        return bool(entries)
+
     # -- stream -------------------------------------------------------------------------
     def _ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream, _ in self.streams:
+            try:
+                self.r.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def _room(self) -> int:
         """Entries this worker may still read (``worker_read_count`` at most)."""
@@ -176,59 +207,72 @@ class NearlineWorker:
     def _recover_own(self) -> None:
         """Entries delivered to this consumer name before a crash and never acked (up to
         the bound; the rest are claimed back later, see :meth:`_reclaim`)."""
-        last = "0"
-        while room := self._room():
-            got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {keys.BEHAVIOR_STREAM: last},
-                                    count=room)
-            entries = got[0][1] if got else []
-            if not entries:
-                return
-            self._ingest(entries, "recovered")
-            last = entries[-1][0]
+        for p, (stream, _) in enumerate(self.streams):
+            last = "0"
+            while room := self._room():
+                got = self.r.xreadgroup(keys.WORKER_GROUP, self.name, {stream: last}, count=room)
+                entries = got[0][1] if got else []
+                if not entries:
+                    break
+                self._ingest(entries, "recovered", p)
+                last = entries[-1][0]
 
     def _reclaim(self) -> None:
         """XAUTOCLAIM entries idle past worker_claim_idle_ms (their consumer died)."""
-        start = "0-0"
-        for _ in range(100):  # bounded per round
-            room = self._room()
-            if not room:
-                return
-            cursor, entries, *_ = self.r.xautoclaim(
-                keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, self.name,
-                min_idle_time=self.s.worker_claim_idle_ms, start_id=start, count=room)
-            self._ingest([e for e in entries if e and e[1]], "reclaimed")
-            if cursor in ("0-0", b"0-0") or not entries:
-                return
-            start = cursor
+        for p, (stream, _) in enumerate(self.streams):
+            start = "0-0"
+            for _ in range(100):  # bounded per round
+                room = self._room()
+                if not room:
+                    return
+                cursor, entries, *_ = self.r.xautoclaim(
+                    stream, keys.WORKER_GROUP, self.name,
+                    min_idle_time=self.s.worker_claim_idle_ms, start_id=start, count=room)
+                self._ingest([e for e in entries if e and e[1]], "reclaimed", p)
+                if cursor in ("0-0", b"0-0") or not entries:
+                    break
+                start = cursor
 
-    def _ingest(self, entries: Sequence[tuple[str, dict[str, str]]], how: str) -> None:
+    def _ingest(self, entries: Sequence[tuple[str, dict[str, str]]], how: str, p: int = 0) -> None:
         for entry_id, fields in entries:
+            ref = entry_id if p == 0 else f"{entry_id}/{p}"
             if not fields:  # deleted from the stream (trimmed) while pending
-                self.r.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, entry_id)
+                self.r.xack(self.streams[p][0], keys.WORKER_GROUP, entry_id)
                 continue
             ev = parse_fields(BehaviorEvent, fields)
             if isinstance(ev, str):
-                self._dead_letter(entry_id, fields, ev)
+                self._dead_letter(ref, fields, ev)
                 continue
             with self._failures_lock:
-                self.held.add(entry_id)
-            self.scheduler.add(ev.user_id, ev.tier, entry_id, ev.seq)
+                self.held.add(ref)
+            self.scheduler.add(ev.user_id, ev.tier, ref, ev.seq)
             self.m.events.labels(how).inc()
 
-    def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+    def _xack(self, refs: Iterable[str]) -> None:
+        """XACK entries (``<id>`` or ``<id>/<partition>``), one command per partition."""
+        by_partition: dict[int, list[str]] = {}
+        for ref in refs:
+            entry_id, _, p = ref.partition("/")
+            by_partition.setdefault(int(p or 0), []).append(entry_id)
+        for p, ids in by_partition.items():
+            self.r.xack(self.streams[p][0], keys.WORKER_GROUP, *ids)
+
+    def _dead_letter(self, ref: str, fields: dict[str, str], reason: str) -> None:
+        entry_id, _, p = ref.partition("/")
+        stream, dead = self.streams[int(p or 0)]
         pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(keys.BEHAVIOR_DEAD, dead_letter_fields(entry_id, fields, reason),
+        pipe.xadd(dead, dead_letter_fields(entry_id, fields, reason),
                   maxlen=self.s.behavior_stream_maxlen, approximate=True)
-        pipe.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, entry_id)
+        pipe.xack(stream, keys.WORKER_GROUP, entry_id)
         pipe.execute()
-        self._release([entry_id])
+        self._release([ref])
         self.m.events.labels("dead_letter").inc()
         log.warning("dead-lettered", extra={"entry": entry_id, "reason": reason})
 
     # -- scheduling ---------------------------------------------------------------------
     def _dispatch(self) -> None:
         for job in self.scheduler.expire():  # skipped under pressure: the old list stays
-            self.r.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, *job.entry_ids)
+            self._xack(job.entry_ids)
             self._release(job.entry_ids)
         while len(self.futures) < self.s.worker_concurrency and not self.stopping.is_set():
             jobs = self.scheduler.take(self.s.worker_batch_size)
@@ -311,7 +355,7 @@ class NearlineWorker:
             self._ack(job)
 
     def _ack(self, job: Job) -> None:
-        self.r.xack(keys.BEHAVIOR_STREAM, keys.WORKER_GROUP, *job.entry_ids)
+        self._xack(job.entry_ids)
         self._release(job.entry_ids)
         now_ms = time.time() * 1000
         for e in job.entry_ids:

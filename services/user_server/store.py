@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from leadre_model.data.records import (
     Ad,
@@ -22,6 +22,7 @@ from leadre_model.data.records import (
     User,
 )
 from services.common import keys
+from services.common.errors import Unavailable
 from services.common.events import AdChange, AdUpdateEvent, BehaviorEvent
 from services.common.idregistry import Names, refresh_async
 from services.common.listcodec import decode_list
@@ -302,18 +303,45 @@ class UserStore:
                 pipe.eval(RECORD_LUA, len(user_keys), *user_keys, *args)
             else:
                 await self._record(keys=user_keys, args=args, client=pipe)
-        results = await pipe.execute()
+        results = await self._durably(pipe, [keys.user_key(b.user_id, "seq") for b in behaviors])
         pipe = self.r.pipeline(transaction=False)
-        added = []
+        added, streams = [], keys.behavior_streams(self.s.behavior_partitions)
         for b, (seq, new) in zip(behaviors, results):
             if new:
                 event = BehaviorEvent.of(b, int(seq), tier[b.user_id])
-                pipe.xadd(keys.BEHAVIOR_STREAM, event.to_fields(),
+                stream = streams[keys.partition_of(b.user_id, len(streams))][0]
+                pipe.xadd(stream, event.to_fields(),
                           maxlen=self.s.behavior_stream_maxlen, approximate=True)
             added.append(bool(new))
-        ids = iter(await pipe.execute())
+        ids = iter(await self._durably(pipe, [streams[keys.partition_of(b.user_id, len(streams))][0]
+                                              for b, new in zip(behaviors, added) if new]))
         await self.refresh_fallback_inputs([b.user_id for b, new in zip(behaviors, added) if new])
         return [next(ids) if new else "" for new in added]
+
+    async def _durably(self, pipe: Any, written: Sequence[str]) -> list[Any]:
+        """Execute ``pipe``; with ``durable_replicas`` n > 0, a WAIT n is sent after the
+        writes on the same connection to every master that owns one of the ``written`` keys,
+        and an answer short of n replicas within ``durable_timeout_ms`` raises Unavailable
+        (the write may still be there: RecordBehaviors is idempotent, the client retries)."""
+        n, ms = self.s.durable_replicas, self.s.durable_timeout_ms
+        waits = 0
+        if n and written:
+            if is_cluster(pipe):
+                nodes = {node.name: node for node in (self.r.get_node_from_key(k) for k in written)}
+                for node in nodes.values():
+                    pipe.execute_command("WAIT", n, ms, target_nodes=node)
+                waits = len(nodes)
+            else:
+                pipe.execute_command("WAIT", n, ms)
+                waits = 1
+        results = await pipe.execute()
+        if waits:
+            acked = results[-waits:]
+            if min(int(x) for x in acked) < n:
+                raise Unavailable(f"redis: a write reached {min(acked)} of {n} replicas "
+                                  f"within {ms} ms; retry")
+            results = results[:-waits]
+        return list(results)
 
     # -- ads ----------------------------------------------------------------------------
     async def update_ads(self, ads: Sequence[Ad]) -> tuple[int, int]:

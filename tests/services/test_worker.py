@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 import redis
 
 from services.common import keys
@@ -121,3 +122,39 @@ def test_ads_the_user_converted_on_are_never_served_again(
     for u in users:
         served = {a.ad_id for a in stub.GetList(pb.GetListRequest(user_id=u)).ads}
         assert served and not served & {ads[1], ads[2]}  # converted: masked per request
+
+
+def test_partitions_on_one_node_dead_letters_and_a_write_no_replica_confirms(
+        settings, rds, bg, standins, version_dir, svc_world) -> None:
+    """``behavior_partitions=3`` on one Redis: every partition gets events, one worker
+    consumes all three (a malformed entry in partition 2 goes to that partition's dead
+    letters); ``durable_replicas=1`` on a Redis without replicas: UNAVAILABLE, saying why."""
+    from services.user_server.server import start_user_server
+
+    s = settings.model_copy(update={"behavior_partitions": 3})
+    streams = keys.behavior_streams(3)
+    seed(s, svc_world[0], histories=False)
+    users = sorted(rds.smembers(keys.USERS))[:9]
+    for durable in (0, 1):
+        us, port, store, _ = bg.run(start_user_server(
+            s.model_copy(update={"durable_replicas": durable, "durable_timeout_ms": 50}), port=0))
+        try:
+            if not durable:
+                w = _worker(s, standins, version_dir)
+                _record(f"127.0.0.1:{port}", users, per_user=2, rds=rds)
+                rds.xadd(streams[2][0], {"junk": "1"})
+                _until(lambda: _fresh(rds, users) and rds.xlen(streams[2][1]) == 1, w)
+                w.drain()
+                assert all(rds.xlen(st) and not rds.xpending(st, keys.WORKER_GROUP)["pending"]
+                           for st, _ in streams)
+                continue
+            stub = pb_grpc.UserServerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.RecordBehaviors(pb.RecordBehaviorsRequest(behaviors=[pb.Behavior(
+                    user_id=users[0], ts=1_900_000_100, domain="ad", action="click",
+                    item_id=rds.zrevrange(keys.FALLBACK_GLOBAL, 0, 0)[0])]), timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "0 of 1 replicas" in e.value.details()
+        finally:
+            bg.run(us.stop(grace=0.5))
+            bg.run(store.close())

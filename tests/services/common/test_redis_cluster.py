@@ -198,6 +198,54 @@ def test_services_on_the_cluster_across_a_failover(
     assert flush_leadre_keys(rds) > 0 and not list(rds.scan_iter("leadre:*"))
 
 
+def test_partitioned_ingest_on_three_masters_keeps_each_users_order(
+        settings: Settings, rds: redis.RedisCluster, redis_cluster: LocalCluster,
+        bg: BackgroundLoop, standins: dict[str, StandInClient], version_dir: Path,
+        svc_world: tuple[Path, Path]) -> None:
+    """``behavior_partitions=3``: the three partition streams live on the three masters;
+    RecordBehaviors (with ``durable_replicas=1``: a WAIT on each master it wrote to) puts
+    each user's events in one partition, in order; one worker consumes every partition and
+    every list reflects its user's last event, nothing pending anywhere."""
+    from services.nearline.worker import NearlineWorker
+    from services.user_server.server import start_user_server
+
+    s = settings.model_copy(update={"behavior_partitions": 3, "durable_replicas": 1})
+    streams = keys.behavior_streams(3)
+    assert len({redis_cluster.master_of(stream) for stream, _ in streams}) == 3
+    assert all(key_slot(a.encode()) == key_slot(b.encode()) for a, b in streams)
+    seed_world(rds, svc_world[0], s)
+    users = sorted(rds.smembers(keys.USERS))
+    ads = rds.zrevrange(keys.FALLBACK_GLOBAL, 0, 9)
+    seq0 = {u: int(rds.get(keys.user_key(u, "seq")) or 0) for u in users}
+    us, port, store, _ = bg.run(start_user_server(s, port=0))
+    w = NearlineWorker(s.model_copy(update={"worker_name": "w-parts"}), standins.__getitem__,
+                       lambda: version_dir)
+    worker = threading.Thread(target=w.run, daemon=True)
+    worker.start()
+    try:
+        post_behaviors(f"127.0.0.1:{port}", [
+            Behavior(user_id=u, ts=1_900_000_000 + i, domain="ad", action="click",
+                     item_id=ads[(i + j) % len(ads)])
+            for i in range(3) for j, u in enumerate(users)], batch=16)
+        wait_until(lambda: all(rds.get(keys.user_key(u, "lv")) == str(seq0[u] + 3)
+                               for u in users), 30, "every list written from the last event")
+        wait_until(lambda: sum(rds.xpending(stream, keys.WORKER_GROUP)["pending"]
+                               for stream, _ in streams) == 0, 10, "every entry acked")
+    finally:
+        w.stop()
+        worker.join(30)
+        bg.run(us.stop(grace=0.5))
+        bg.run(store.close())
+    seen: dict[str, list[int]] = {}
+    for p, (stream, _) in enumerate(streams):
+        events = [parse_fields(BehaviorEvent, f) for _, f in rds.xrange(stream)]
+        assert events and all(keys.partition_of(e.user_id, 3) == p for e in events)
+        for e in events:
+            seen.setdefault(e.user_id, []).append(e.seq)
+    assert seen == {u: [seq0[u] + i for i in (1, 2, 3)] for u in users}  # all, in order
+    assert not rds.exists(keys.BEHAVIOR_STREAM)
+
+
 def test_real_processes_on_the_cluster_across_a_failover(
         settings: Settings, rds: redis.RedisCluster, redis_cluster: LocalCluster,
         version_dir: Path, tmp_path: Path) -> None:
