@@ -15,7 +15,8 @@ from leadre_model.clikit import console, print_counts
 DEMO_COLLAB_WEIGHT = 0.5
 
 
-def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0) -> None:
+def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0,
+             progress: bool = True) -> None:
     from leadre_model.data.store import load_ads
     from leadre_model.data.synth import SynthConfig, generate_world
     from leadre_model.index.build import build_index, training_sequences
@@ -30,17 +31,18 @@ def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0)
     console.rule("[bold]1/5 synthetic world")
     t0 = time.perf_counter()
     manifest = generate_world(world, SynthConfig(seed=seed, n_users=users, n_ads=ads,
-                                                 n_content=max(ads, 1000)), progress=True)
+                                                 n_content=max(ads, 1000)), progress=progress)
     print_counts(f"synthetic world → {world} ({time.perf_counter() - t0:.1f}s)", manifest)
 
     console.rule("[bold]2/5 ad index (text → embedding → RQ-VAE → S-IDs → trie)")
     catalog = load_ads(world)
-    # Collaborative S-IDs: the demo world has traffic history for most ads (README, "The ad
-    # index"); new ads added live still get S-IDs, from their text.
+    # Collaborative S-IDs: the demo world has traffic history for most ads
+    # (docs/data_and_index.md, "The ad index"); new ads added live still get S-IDs, from
+    # their text.
     cfg = IndexConfig(rqvae=PRESETS[preset_for(len(catalog))].model_copy(update={"seed": seed}),
                       collab=CollabConfig(weight=DEMO_COLLAB_WEIGHT))
     t0 = time.perf_counter()
-    built = build_index(catalog, index, cfg, cache_path=workdir / "embeddings.npz", progress=True,
+    built = build_index(catalog, index, cfg, cache_path=workdir / "embeddings.npz", progress=progress,
                         sequences=training_sequences(world, catalog, cfg))
     print_index_built(built, index, time.perf_counter() - t0)
 
@@ -49,7 +51,8 @@ def run_demo(workdir: Path, *, users: int = 500, ads: int = 2000, seed: int = 0)
     _show_examples(workdir)
 
     console.rule("[bold]4/5 LLM alignment: LM on the corpus, curriculum SFT (EX → IM → Main), DPO")
-    print_trained(train_leadre(world, index, model, TRAIN_PRESETS["demo"], progress=True), model)
+    print_trained(train_leadre(world, index, model, TRAIN_PRESETS["demo"], progress=progress),
+                  model)
     _show_retrievals(workdir)
     _show_quality(workdir)
 

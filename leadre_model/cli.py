@@ -57,11 +57,13 @@ def data_import(
     interactions: Path = typer.Option(..., help="interactions CSV: user,item,timestamp-or-position[,action,domain]"),
     out: Path = typer.Option(..., help="world directory to write"),
     users: Path | None = typer.Option(None, help="optional users CSV"),
+    progress: bool = typer.Option(True, help="a counting bar per file (a line per file in a log)"),
 ) -> None:
     """Import your own data in the documented CSV format; bad rows are reported as file:line."""
     from leadre_model.data.importer import import_world
 
-    print_counts(f"imported world → {out}", import_world(items, interactions, users, out))
+    print_counts(f"imported world → {out}",
+                 import_world(items, interactions, users, out, progress=progress))
 
 
 @data_app.command("taobao")
@@ -69,11 +71,12 @@ def data_import(
 def data_taobao(
     out: Path = typer.Option(..., help="world directory to write"),
     src: Path = typer.Option(Path("../shared/data/taobao-ad-sample"), help="taobao-ad-sample dir"),
+    progress: bool = typer.Option(True, help="a counting bar (a line in a log)"),
 ) -> None:
     """Load the Taobao display-ad sample (ads, advertisers, profiles, content behaviour)."""
     from leadre_model.data.taobao import load_taobao
 
-    print_counts(f"taobao world → {out}", load_taobao(src, out))
+    print_counts(f"taobao world → {out}", load_taobao(src, out, progress=progress))
 
 
 @data_app.command("amazon")
@@ -81,11 +84,12 @@ def data_taobao(
 def data_amazon(
     out: Path = typer.Option(..., help="world directory to write"),
     src: Path = typer.Option(Path("../shared/data/amazon-toys"), help="amazon-toys dir"),
+    progress: bool = typer.Option(True, help="a counting bar (a line in a log)"),
 ) -> None:
     """Load Amazon Toys (items with short text, time-ordered sequences)."""
     from leadre_model.data.amazon import load_amazon
 
-    print_counts(f"amazon world → {out}", load_amazon(src, out))
+    print_counts(f"amazon world → {out}", load_amazon(src, out, progress=progress))
 
 
 def _index_config(
@@ -123,8 +127,8 @@ def index_build(
     collab_weight: float = typer.Option(
         0.0, min=0.0, max=0.95,
         help="share of the RQ-VAE input given to a collaborative item embedding learnt from "
-        "the users' training targets (0: S-IDs from text alone; see README 'Collaborative "
-        "S-IDs' for what it costs new ads)"),
+        "the users' training targets (0: S-IDs from text alone; docs/data_and_index.md "
+        "says what it costs new ads)"),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True),
 ) -> None:
@@ -196,7 +200,7 @@ def train(
     index: Path = typer.Option(..., help="index directory (from `leadre index build`)"),
     out: Path = typer.Option(..., help="model directory to write"),
     preset: str = typer.Option("cpu", help="cpu | cpu-90m | demo | bench | text-small | tiny | experiment "
-                               "| paper (README: which preset to pick)"),
+                               "| paper (docs/training_and_evaluation.md: which preset to pick)"),
     curriculum: str | None = typer.Option(
         None, help="e.g. lm>ex>im>main, ex>im>main, main+im+ex, main (lm: language modelling "
         "of the behaviour corpus, for a model from scratch)"),
@@ -256,7 +260,8 @@ def eval_cmd(
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
     cache: Path | None = typer.Option(Path(".leadre_cache/baselines"),
                                       help="fitted-baseline cache (per split and settings)"),
-    out: Path | None = typer.Option(None, help="write results.json and results.md here"),
+    out: Path | None = typer.Option(None, help="write results.json, results.md and "
+                                    "recall_at_10.png (Recall@10 ± se per retriever) here"),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True),
 ) -> None:
@@ -280,16 +285,22 @@ def eval_cmd(
     for i, m in enumerate(model):
         name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
         retrievers.append(LeadreRetriever(name, m, index, world, lcfg))  # type: ignore[arg-type]
+    started = time.perf_counter()
     results = evaluate_both(world, retrievers, cfg, exclude_seen)
     _print_results(results, world)
     if out is not None:
         from leadre_model.eval.harness import render_table
+        from leadre_model.eval.plots import recall_chart
+        from leadre_model.eval.results_table import run_record
 
+        results["run"] = run_record(time.perf_counter() - started)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         (out / "results.md").write_text(f"# Evaluation of {world}\n\n{render_table(results)}\n\n"
                                         f"LTRR labels: {results['ltrr_labels']}\n")
-        console.print(f"results → {out}")
+        chart = recall_chart(results, out / "recall_at_10.png")
+        console.print(f"results → {out} (results.json, results.md"
+                      f"{', ' + chart.name if chart else ''})")
 
 
 def _print_results(results: dict[str, Any], world: Path) -> None:

@@ -8,19 +8,51 @@ a bug and keeps its traceback."""
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markdown import Markdown
+from rich.measure import Measurement
 from rich.table import Table
 
 from leadre_model.data.errors import DataValidationError
 from leadre_model.errors import LeadreError
 
-console = Console()
-err_console = Console(stderr=True)
+WIDEST_TABLE = 1000  # a table in a log is printed at its natural width, up to this
+
+
+class LeadreConsole(Console):
+    """A rich console that suits where it goes. On a terminal it is rich's. In a log or a
+    pipe (not a terminal, where rich assumes 80 columns) a table is printed at its natural
+    width instead of being cut to "0.0…" cells, and Markdown as its plain source text."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self.is_terminal or not objects:
+            return super().print(*objects, **kwargs)
+        if len(objects) == 1 and isinstance(objects[0], Markdown):  # table rows kept whole
+            text = "\n".join(line if line.lstrip().startswith("|") else
+                             textwrap.fill(line, max(self.width, 100), break_long_words=False,
+                                           break_on_hyphens=False) or line
+                             for line in objects[0].markup.splitlines())
+            return super().print(text, markup=False, highlight=False, soft_wrap=True)
+        wide = max((Measurement.get(self, self.options.update_width(WIDEST_TABLE), t).maximum
+                    for t in objects if isinstance(t, Table)), default=0)
+        if wide <= self.width:
+            return super().print(*objects, **kwargs)
+        saved = self._width
+        self._width = wide
+        try:
+            return super().print(*objects, **kwargs)
+        finally:
+            self._width = saved
+
+
+console = LeadreConsole()
+err_console = LeadreConsole(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

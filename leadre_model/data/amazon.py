@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from leadre_model.data.errors import ErrorCollector, validation_reason
 from leadre_model.data.records import Action, Ad, Behavior, Domain, User
 from leadre_model.data.store import WorldWriter
+from leadre_model.progress import bar
 
 SEQUENCES = "sequences.txt"
 ITEM_TEXT = "item_text.txt"
@@ -122,8 +123,9 @@ def item_ad(item: str, name: str, ids: list[int], root: int | None) -> Ad:
     )
 
 
-def load_amazon(src: Path, out: Path) -> dict:
-    """Load the three files under ``src`` into the world ``out``; return the manifest.
+def load_amazon(src: Path, out: Path, progress: bool = False) -> dict:
+    """Load the three files under ``src`` into the world ``out``; return the manifest
+    (``progress``: a counting bar for the user sequences, a line in a log).
 
     Raises :class:`~leadre_model.data.errors.DataValidationError` (nothing written) when a
     line is bad.
@@ -151,7 +153,7 @@ def load_amazon(src: Path, out: Path) -> dict:
     users: dict[str, int] = {}
     profiles: list[User] = []
     behaviours: list[Behavior] = []
-    for line, text in _lines(seq_path):
+    for line, text in bar(_lines(seq_path), desc=seq_path.name, unit="user", enabled=progress):
         user, *items = text.split()
         if user in users:
             errors.add(seq_path, line, f"duplicate user {user!r} (first on line {users[user]})")

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from leadre_model.data.errors import ErrorCollector, validation_reason
 from leadre_model.data.records import Ad, Behavior, ContentItem, Domain, User
 from leadre_model.data.store import WorldWriter
+from leadre_model.progress import bar
 
 FORMAT = "leadre-csv/1"
 ATTRIBUTE_SEP = "|"
@@ -201,12 +202,13 @@ def _parse_ts(text: str) -> int | str:
 
 
 def _import_items(
-    path: Path, world: WorldWriter, errors: ErrorCollector
+    path: Path, world: WorldWriter, errors: ErrorCollector, progress: bool = False
 ) -> dict[str, Domain | int]:
     """Write the items; return item id -> its domain, or -> the line of its bad row."""
     kinds: dict[str, Domain | int] = {}
     first_line: dict[str, int] = {}
-    for line, row in _headed_rows(path, ITEM_COLUMNS, ("item_id", "name"), errors):
+    rows = _headed_rows(path, ITEM_COLUMNS, ("item_id", "name"), errors)
+    for line, row in bar(rows, desc=path.name, unit="row", enabled=progress):
         rec = _validated(_item_record, row, path, line, errors, _ITEM_RENAME)
         if rec is None:
             first_line.setdefault(row.get("item_id", ""), line)
@@ -225,9 +227,12 @@ def _import_items(
     return kinds
 
 
-def _import_users(path: Path, world: WorldWriter, errors: ErrorCollector) -> set[str]:
+def _import_users(
+    path: Path, world: WorldWriter, errors: ErrorCollector, progress: bool = False
+) -> set[str]:
     seen: dict[str, int] = {}
-    for line, row in _headed_rows(path, USER_COLUMNS, ("user_id",), errors):
+    rows = _headed_rows(path, USER_COLUMNS, ("user_id",), errors)
+    for line, row in bar(rows, desc=path.name, unit="row", enabled=progress):
         user = _validated(lambda r: User(**r), row, path, line, errors, {})
         if user is None:
             continue
@@ -269,10 +274,12 @@ def _import_interactions(
     items_name: str,
     world: WorldWriter,
     errors: ErrorCollector,
+    progress: bool = False,
 ) -> set[str]:
     users: set[str] = set()
     header: list[str] | None = None
-    for n, (line, cells) in enumerate(read_csv(path, errors)):
+    rows = bar(read_csv(path, errors), desc=path.name, unit="row", enabled=progress)
+    for n, (line, cells) in enumerate(rows):
         if n == 0 and _interaction_header(cells):
             header = [INTERACTION_ALIASES.get(c.lower(), c.lower()) for c in cells]
             if not _header(path, header, INTERACTION_COLUMNS, ("user", "item", "ts"), line, errors):
@@ -313,8 +320,11 @@ def _import_interactions(
     return users
 
 
-def import_world(items: Path, interactions: Path, users: Path | None, out: Path) -> dict:
+def import_world(
+    items: Path, interactions: Path, users: Path | None, out: Path, progress: bool = False
+) -> dict:
     """Validate the CSV files and write the world directory ``out``; return its manifest.
+    ``progress``: one counting bar per file (a line per file in a log).
 
     Raises :class:`~leadre_model.data.errors.DataValidationError` listing every bad row as
     ``file:line: reason``; in that case nothing is written to ``out``.
@@ -326,9 +336,9 @@ def import_world(items: Path, interactions: Path, users: Path | None, out: Path)
             raise FileNotFoundError(f"{p}: no such file")
     errors = ErrorCollector()
     with WorldWriter(out) as world:
-        kinds = _import_items(items, world, errors)
-        profiled = _import_users(users, world, errors) if users is not None else set()
-        active = _import_interactions(interactions, kinds, items.name, world, errors)
+        kinds = _import_items(items, world, errors, progress)
+        profiled = _import_users(users, world, errors, progress) if users is not None else set()
+        active = _import_interactions(interactions, kinds, items.name, world, errors, progress)
         errors.raise_if_any()
         for user_id in sorted(active - profiled):
             world.add("users", User(user_id=user_id))

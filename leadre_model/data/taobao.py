@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from leadre_model.data.errors import ErrorCollector, validation_reason
 from leadre_model.data.records import Action, Ad, Behavior, ContentItem, Domain, User
 from leadre_model.data.store import WorldWriter
+from leadre_model.progress import bar
 
 FILE_NAME = "alimama_sampled_train.txt"
 N_COLUMNS = 267
@@ -168,8 +169,9 @@ def _rows(path: Path, errors: ErrorCollector) -> Iterator[tuple[int, list]]:
             yield line, values
 
 
-def load_taobao(src: Path, out: Path) -> dict:
-    """Load the sample (``src`` = the file or its directory) into the world ``out``.
+def load_taobao(src: Path, out: Path, progress: bool = False) -> dict:
+    """Load the sample (``src`` = the file or its directory) into the world ``out``
+    (``progress``: a counting bar over the rows, a line in a log).
 
     Raises :class:`~leadre_model.data.errors.DataValidationError` (nothing written) when a
     row is bad; returns the manifest.
@@ -184,7 +186,7 @@ def load_taobao(src: Path, out: Path) -> dict:
     content: dict[str, ContentItem] = {}
     conflicts = {"users": 0, "ads": 0}
     unaligned = 0
-    for line, v in _rows(path, errors):
+    for line, v in bar(_rows(path, errors), desc=path.name, unit="row", enabled=progress):
         try:
             user, ad = _user(v), _ad(v)
             window = _window(v)

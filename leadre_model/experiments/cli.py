@@ -63,6 +63,7 @@ def recipe(
     users: int = typer.Option(1000, min=50, help="synthetic users"),
     ads: int = typer.Option(1000, min=50, help="synthetic ads"),
     seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, help="progress bars (plain lines in a log)"),
 ) -> None:
     """The CPU recipe's ablations (Table 1, Table 2, Fig. 4a/4b analogues, codebook init),
     each beside baselines trained to convergence → report.md + recipe_ablations.png."""
@@ -72,5 +73,5 @@ def recipe(
     out = reports / run
     run_recipe(out, SynthConfig(n_users=users, n_ads=ads, n_content=max(ads, 1500), seed=seed),
                [v.strip() for v in variants.split(",") if v.strip()],
-               log=lambda m: console.rule(f"[bold]{m}"))
+               log=lambda m: console.rule(f"[bold]{m}"), progress=progress)
     console.print((out / "report.md").read_text(), highlight=False)

@@ -25,6 +25,7 @@ from leadre_model.eval.harness import (
     evaluate_both,
 )
 from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
+from leadre_model.eval.results_table import run_record
 from leadre_model.index.rqvae import PRESETS, preset_for
 from leadre_model.index.sid_index import IndexConfig
 from leadre_model.train.dpo import DPO_PRESETS
@@ -77,7 +78,8 @@ def variant_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
     return TrainConfig.model_validate(d)
 
 
-def _variant_index(out: Path, world: Path, world_cfg: SynthConfig, name: str) -> Path:
+def _variant_index(out: Path, world: Path, world_cfg: SynthConfig, name: str,
+                   progress: bool = False) -> Path:
     """The shared index, or the variant's own when it overrides the index config."""
     over = RECIPE_VARIANTS[name][1].get("index")
     index_dir = out / (f"index-{name}" if over else "index")
@@ -89,13 +91,14 @@ def _variant_index(out: Path, world: Path, world_cfg: SynthConfig, name: str) ->
     rq = PRESETS[preset_for(world_cfg.n_ads)].model_copy(update={"seed": world_cfg.seed})
     cfg = IndexConfig.model_validate(_merged(IndexConfig(rqvae=rq).model_dump(), over or {}))
     ads = load_ads(world)
-    build_index(ads, index_dir, cfg, cache_path=out / "embeddings.npz", progress=False,
+    build_index(ads, index_dir, cfg, cache_path=out / "embeddings.npz", progress=progress,
                 sequences=training_sequences(world, ads, cfg))
     return index_dir
 
 
 def run_recipe(out: Path, world_cfg: SynthConfig, variants: list[str],
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
     unknown = set(variants) - set(RECIPE_VARIANTS)
     if unknown:
         raise UsageError(f"unknown variants {sorted(unknown)}; "
@@ -103,29 +106,30 @@ def run_recipe(out: Path, world_cfg: SynthConfig, variants: list[str],
     out.mkdir(parents=True, exist_ok=True)
     world = out / "world"
     if not (world / "world.json").exists():
-        generate_world(world, world_cfg, progress=False)
-    _variant_index(out, world, world_cfg, "reference")
+        generate_world(world, world_cfg, progress=progress)
+    _variant_index(out, world, world_cfg, "reference", progress)
     train_s: dict[str, float] = {}
     retrievers: list[Any] = baseline_retrievers(["popularity", "recent", "itemcf", "sasrec_ce"],
-                                                progress=False)
+                                                progress=progress)
     for name in variants:
         model_dir = out / "models" / name
-        index_dir = _variant_index(out, world, world_cfg, name)
+        index_dir = _variant_index(out, world, world_cfg, name, progress)
         if not (model_dir / "manifest.json").exists():
             log(f"train {name}")
             t0 = time.perf_counter()
-            train_leadre(world, index_dir, model_dir, variant_config(name), progress=False)
+            train_leadre(world, index_dir, model_dir, variant_config(name), progress=progress)
             train_s[name] = time.perf_counter() - t0
         else:
             timings = json.loads((model_dir / "train_log.json").read_text())["timings"]
             train_s[name] = float(sum(timings.values()))
         retrievers.append(LeadreRetriever(name, model_dir, index_dir, world,
-                                          LeadreEvalConfig(progress=False)))
-    cfg = EvalConfig(progress=False, dice_drops=(1, 2, 4))
+                                          LeadreEvalConfig(progress=progress)))
+    cfg = EvalConfig(progress=progress, dice_drops=(1, 2, 4))
     log("evaluate")
     res = evaluate_both(world, retrievers, cfg, "both", data=build_eval_data(world, cfg))
     res["train_s"] = train_s
     res["variants"] = {n: RECIPE_VARIANTS[n][0] for n in variants}
+    res["run"] = run_record(time.perf_counter() - started)
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     _report(out, res, world_cfg)
     return res

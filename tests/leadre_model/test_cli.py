@@ -3,6 +3,7 @@ nothing half-written, and the happy path from world to index report."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,11 @@ def test_eval_baselines_writes_results_and_refuses_model_without_index(tmp_path)
     assert res.returncode == 0, res.stderr
     assert "popularity" in res.stdout and "hr@8" in res.stdout
     assert "| itemcf |" in (out / "results.md").read_text()
+    png = (out / "recall_at_10.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5_000  # Recall@10 ± se, seen kept / masked
+    run = json.loads((out / "results.json").read_text())["run"]
+    assert run["command"].startswith("leadre eval --world") and run["cores"] >= 1
+    assert run["commit"] and run["wall_s"] >= 0
     bad = leadre("eval", "--world", str(world), "--model", str(tmp_path))
     assert_clean_failure(bad, "--model needs --index")
     unknown = leadre("eval", "--world", str(world), "--baselines", "oracle")
