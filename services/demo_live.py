@@ -102,11 +102,18 @@ def _show_users(s: Settings, users: list[str], console: Console, k: int = 8) -> 
                         f"{age:.1f} s old" if got["list_hit"]
                         else "POST /v1/retrieve → no LEADRE list (fallback only)",
                         title_justify="left")
-            for col in ("#", "ad", "name", "category", "score", "from"):
+            # Each branch scores on its own scale (ServedAd.score): never one column for both.
+            for col in ("#", "ad", "name", "category", "from"):
                 ads.add_column(col)
+            ads.add_column("LEADRE log-prob", justify="right")
+            ads.add_column("fallback eCPM × popularity", justify="right")
             for i, a in enumerate(got["ads"], 1):
-                ads.add_row(str(i), a["ad_id"], a["name"], a["category"], f"{a['score']:.2f}",
-                            a["provenance"] + (" (+fallback)" if a["also_in_other_branch"] else ""))
+                leadre = a["provenance"] == "leadre"
+                ads.add_row(str(i), a["ad_id"], a["name"], a["category"],
+                            a["provenance"] + (f" (also {'fallback' if leadre else 'leadre'})"
+                                               if a["also_in_other_branch"] else ""),
+                            f"{a['score']:.2f}" if leadre else "",
+                            "" if leadre else f"{a['score']:,.2f}")
             console.print(ads)
             console.print(f"model {got['model_version']}; served per branch {got['consumption']}",
                           highlight=False)

@@ -8,7 +8,7 @@ the ad, its fallback rankings, the update event and the catalog version in one M
 catalog applier acks updates and appends catalog events in one MULTI). The behaviour stream
 and its dead letters share ``{behaviors}`` (a dead letter is appended and acked in one
 MULTI): the stream, its consumer group and its pending entries live on the shard that owns
-that slot (README, "Redis Cluster"). With ``behavior_partitions`` N > 1 there are N
+that slot (docs/serving.md, "Redis Cluster"). With ``behavior_partitions`` N > 1 there are N
 such streams, one per slot range (:func:`behavior_streams`), and a user's events all go to one
 of them (:func:`partition_of`). Other keys are only read or written one at a time.
 """

@@ -2,7 +2,7 @@
 
 The retrieve route is the hot path; FastAPI's routing, dependency solving, request
 object and exception layers cost about as much CPU as the rest of a retrieval (serving
-profile, README). This pure-ASGI layer sits inside :class:`~services.mixer.guard.Guard`
+profile, docs/benchmarks.md). This pure-ASGI layer sits inside :class:`~services.mixer.guard.Guard`
 and :class:`~services.mixer.timing.Timing` (API key, body limit and latency metrics apply
 as before) and answers a JSON body that :class:`~services.mixer.models.RetrieveRequest`
 accepts; everything else — bad JSON, a field out of range, another content type, every

@@ -23,13 +23,23 @@ class RetrieveRequest(_Model):
 
 
 class ServedAd(_Model):
+    """One served ad. ``score`` is on the scale of the branch named by ``provenance``: the two
+    scales are not comparable, so compare scores only between ads of the same branch."""
+
     ad_id: str
     name: str = ""
     category: str = ""
     advertiser_id: str = ""
     ecpm: float = 0.0
-    score: float = Field(description="LEADRE: S-ID log-probability; fallback: eCPM x popularity")
-    provenance: Provenance
+    score: float = Field(description=(
+        "On the scale of the branch in `provenance`, never comparable across branches. "
+        "leadre: log-probability of the ad's semantic ID under the model (<= 0, e.g. -5.1; "
+        "higher is likelier); fallback: eCPM x popularity of the ad in the user's categories "
+        "(>= 0, e.g. 2378.8). The order is the merge's (LEADRE ads first, up to their share of "
+        "k; then fallback ads), not a sort by score."),
+        examples=[-5.14])
+    provenance: Provenance = Field(description="the branch that returned the ad, and so the "
+                                   "scale of `score`: leadre or fallback")
     also_in_other_branch: bool = False
 
 
