@@ -252,6 +252,12 @@ def eval_cmd(
                                   help="comma-separated: popularity, popularity_ecpm, recent, "
                                   "itemcf, sasrec_ce, sasrec_bce ('' for none)"),
     beam: int = typer.Option(20, min=1, help="beam width B for LEADRE"),
+    rerank: str = typer.Option("", help="models with a dense head: comma-separated ways to "
+                               "rank, one LEADRE row each, among off, dense, mix, full "
+                               "(llm/dense_head.py; '' = as saved)"),
+    branches: str = typer.Option("", help="branch combinations (eval/branches.py), e.g. "
+                                 "'itemcf|leadre,leadre>itemcf': item-CF@10 ∪ LEADRE@10 (adds "
+                                 "Recall@20) and the Mixer's merge; A|B:strict, A>B:0.5"),
     sasrec_budget_s: float | None = typer.Option(
         None, min=1, help="cap on SASRec training time (default: none, early stopping on "
         "validation decides; a cap is shown in the bar and recorded in results.json)"),
@@ -276,15 +282,28 @@ def eval_cmd(
         raise UsageError("--model needs --index (the index the model was trained on)")
     if exclude_seen not in ("off", "on", "both"):
         raise UsageError(f"--exclude-seen must be off, on or both, not {exclude_seen!r}")
-    cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress)
+    cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress,
+                     **({"recall_ks": (5, 10, 20)} if branches else {}))
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)
     retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress,
                                                 cache_dir=cache)
-    lcfg = LeadreEvalConfig(beam_width=beam, progress=progress)
+    modes = [r.strip() for r in rerank.split(",") if r.strip()] or [None]
     for i, m in enumerate(model):
-        name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
-        retrievers.append(LeadreRetriever(name, m, index, world, lcfg))  # type: ignore[arg-type]
+        for mode in modes:
+            name = "leadre" if len(model) == 1 else f"leadre:{m.name or i}"
+            name += f"[{mode}]" if len(modes) > 1 else ""
+            lcfg = LeadreEvalConfig(beam_width=beam, progress=progress, rerank=mode)
+            retrievers.append(LeadreRetriever(name, m, index, world,  # type: ignore[arg-type]
+                                              lcfg))
+    if branches:
+        from leadre_model.eval.branches import Memoized, branch_retrievers
+
+        retrievers = [Memoized(r) for r in retrievers]
+        try:
+            retrievers += branch_retrievers(branches, {r.name: r for r in retrievers})
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     started = time.perf_counter()
     results = evaluate_both(world, retrievers, cfg, exclude_seen)
     _print_results(results, world)

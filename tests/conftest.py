@@ -34,3 +34,19 @@ def small_index(tmp_path_factory: pytest.TempPathFactory, small_ads: list[Ad], e
     cfg = IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 40}))
     build_index(small_ads[:500], out, cfg, cache_path=embed_cache, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 40-user synthetic world and its tiny index (a few seconds)."""
+    from leadre_model.data.store import load_ads
+    from leadre_model.data.synth import SynthConfig, generate_world
+    from leadre_model.index.build import build_index
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    world, index_dir = root / "world", root / "index"
+    generate_world(world, SynthConfig(n_users=40, n_ads=150, n_content=150), progress=False)
+    build_index(load_ads(world), index_dir,
+                IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 10})),
+                cache_path=root / "emb.npz", progress=False)
+    return world, index_dir

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,9 @@ class LeadreEvalConfig(BaseModel):
     progress: bool = True
     exclude_seen: bool = Field(False, description="mask the user's earlier target ads in the "
                                "beam search (as the item-id baselines' exclude_seen)")
+    rerank: Literal["off", "dense", "mix", "full"] | None = Field(
+        None, description="a model with a dense head: how it ranks (llm/dense_head.py; "
+        "None: as the model was saved)")
 
 
 def prompt_config_of(manifest: dict) -> PromptConfig:
@@ -83,6 +87,7 @@ class LeadreRetriever(DecoderParts):
         if self.cfg.exclude_seen:
             exclude = [{self.index.row_of(a) for a in c.ad_history if a in self.index}
                        for c in histories]
+        self.sid.rerank = self.cfg.rerank
         hits = self.sid.retrieve(prompts, beam, top_k=k, exclude=exclude,
                                  batch_size=self.cfg.batch_size, progress=self.cfg.progress)
         return self.sid.ad_ids(hits)

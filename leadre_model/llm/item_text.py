@@ -31,8 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex, load_embeddings
-from leadre_model.llm.model import ITEM_TEXT_MODULE, sid_level_sizes
-from leadre_model.llm.tokenizer import level_token_ids
+from leadre_model.llm.model import ITEM_TEXT_MODULE
+from leadre_model.llm.sid_windows import SidWindows
 
 MODULE = ITEM_TEXT_MODULE
 CONFIG_KEY = "leadre_item_text_dim"  # in the model's config.json: the text width it expects
@@ -45,9 +45,8 @@ class ItemTextInput(torch.nn.Module):
     def __init__(self, text_dim: int, hidden: int) -> None:
         super().__init__()
         self.proj = torch.nn.Linear(text_dim, hidden, bias=False)
-        self.levels = 0
-        for name in ("level_of", "code_of", "radix", "keys", "rows", "text"):
-            self.register_buffer(name, torch.zeros(0), persistent=False)
+        self.windows = SidWindows()
+        self.register_buffer("text", torch.zeros(0), persistent=False)
 
     def set_table(self, tokenizer: PreTrainedTokenizerBase, index: SidIndex,
                   embeddings: np.ndarray) -> None:
@@ -55,50 +54,19 @@ class ItemTextInput(torch.nn.Module):
         if len(embeddings) != len(index) or embeddings.shape[1] != self.proj.in_features:
             raise BadInputError(f"item text: {embeddings.shape} embeddings for an index of "
                                 f"{len(index)} ads and a map from width {self.proj.in_features}")
-        sizes = sid_level_sizes(tokenizer)  # the model's S-ID vocabulary
-        if len(sizes) != index.codes.shape[1]:
-            raise BadInputError(f"item text: the tokenizer's S-IDs have {len(sizes)} levels, "
-                                f"the index's {index.codes.shape[1]}")
-        ids = level_token_ids(tokenizer, sizes)
-        vocab = max(len(tokenizer), max(int(a.max()) for a in ids) + 1)
-        level_of = torch.full((vocab,), -1, dtype=torch.long)
-        code_of = torch.zeros(vocab, dtype=torch.long)
-        for level, tok in enumerate(ids):
-            level_of[torch.as_tensor(tok)] = level
-            code_of[torch.as_tensor(tok)] = torch.arange(len(tok))
-        # mixed radix: key = ((c0 * K1 + c1) * K2 + c2) ...
-        radix = np.cumprod([1, *sizes[:0:-1]])[::-1].copy()
-        # ads whose S-ID the model cannot write (added later, beyond its vocabulary) get none
-        fits = np.flatnonzero((index.codes < np.asarray(sizes)).all(axis=1))
-        keys, perm = torch.sort(torch.as_tensor(index.codes[fits] @ radix, dtype=torch.long))
-        order = torch.as_tensor(fits)[perm]
         device = self.proj.weight.device
-        self.levels = len(sizes)
-        self.level_of, self.code_of = level_of.to(device), code_of.to(device)
-        self.radix = torch.as_tensor(radix, dtype=torch.long, device=device)
-        self.keys, self.rows = keys.to(device), order.to(device)
+        self.windows.set_table(tokenizer, index, device)
         self.text = torch.as_tensor(embeddings, dtype=self.proj.weight.dtype, device=device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The vectors to add to the input embeddings of ``input_ids`` (B, T), or None
         when no complete S-ID of an indexed ad is in them."""
-        n, t = self.levels, input_ids.shape[-1]
-        if n == 0 or t < n or len(self.keys) == 0:
+        hit = self.windows.find(input_ids)
+        if hit is None:
             return None
-        ids = input_ids.clamp(0, len(self.level_of) - 1)
-        level, code = self.level_of[ids], self.code_of[ids]
-        ok = level[:, n - 1:] == n - 1
-        key = torch.zeros_like(ok, dtype=torch.long)
-        for j in range(n):  # window [p - n + 1, p]: level j sits at offset j
-            span = slice(j, t - n + 1 + j)
-            ok &= level[:, span] == j
-            key += code[:, span] * self.radix[j]
-        if not bool(ok.any()):
-            return None
-        pos = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
-        found = ok & (self.keys[pos] == key)
-        vec = self.proj(self.text[self.rows[pos]]) * found.unsqueeze(-1).to(self.text.dtype)
-        pad = vec.new_zeros(vec.shape[0], n - 1, vec.shape[2])
+        found, rows = hit
+        vec = self.proj(self.text[rows]) * found.unsqueeze(-1).to(self.text.dtype)
+        pad = vec.new_zeros(vec.shape[0], self.windows.levels - 1, vec.shape[2])
         return torch.cat([pad, vec], dim=1)
 
 

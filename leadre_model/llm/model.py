@@ -56,6 +56,17 @@ class LoraSettings(StrictConfig):
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
+class DenseHeadSettings(StrictConfig):
+    """The dense head's settings (llm/dense_head.py)."""
+
+    weight: float = Field(default=1.0, gt=0, description="the dense loss of a target counts "
+                          "as this many S-ID tokens' loss")
+    id_table: bool = Field(default=True, description="a trained vector per ad of the training "
+                           "index beside its code vectors (new ads: codes only)")
+    rerank: Literal["off", "dense", "mix", "full"] = Field(
+        default="mix", description="how retrieval uses the head (llm/dense_head.py)")
+
+
 class LLMConfig(StrictConfig):
     """Which LM to build. ``base="tiny"``: the embedded Qwen2 below, random init (seeded);
     otherwise a local checkpoint directory (never downloaded)."""
@@ -83,11 +94,16 @@ class LLMConfig(StrictConfig):
     dropout: float = Field(default=0.0, ge=0, lt=1, description="training-time dropout on the "
                            "input embeddings and attention weights (Qwen2 has no hidden "
                            "dropout; SASRec's strong regulariser on small data)")
+    dense_head: DenseHeadSettings | None = Field(
+        default=None, description="a dense retrieval head beside the S-ID head, trained with "
+        "full-softmax CE over all ads, used at retrieval (llm/dense_head.py)")
 
     @model_validator(mode="after")
     def _heads(self) -> LLMConfig:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        if self.dense_head is not None and self.lora is not None:
+            raise ValueError("dense_head with LoRA is not supported (the head would not be merged)")
         if self.item_text and self.lora is not None:
             raise ValueError("item_text with LoRA is not supported (the map would not be merged)")
         return self
@@ -273,20 +289,23 @@ def load_model(
     return model.eval(), tokenizer, manifest
 
 
-# The item-text map (llm/item_text.py) is saved with the weights but is not a Qwen2 module:
-# transformers reports it as an UNEXPECTED key on every load, though restore_item_text puts
-# it back. Only a report about that key alone is dropped; any other key still shows.
+# The item-text map (llm/item_text.py) and the dense head (llm/dense_head.py) are saved with
+# the weights but are not Qwen2 modules: transformers reports them as UNEXPECTED keys on
+# every load, though restore_item_text and restore_dense_head put them back. Only a report
+# about those keys alone is dropped; any other key still shows.
 ITEM_TEXT_MODULE = "leadre_item_text"
+DENSE_HEAD_MODULE = "leadre_dense_head"  # llm/dense_head.py, restored the same way
+_OWN_MODULES = (ITEM_TEXT_MODULE, DENSE_HEAD_MODULE)
 
 
 class _OnlyItemTextReport(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        if ITEM_TEXT_MODULE not in msg:
+        if not any(m in msg for m in _OWN_MODULES):
             return True
         keys = [line for line in msg.splitlines() if "| UNEXPECTED" in line or "| MISSING" in line
                 or "| MISMATCH" in line]
-        return not all(line.lstrip().startswith(ITEM_TEXT_MODULE) for line in keys)
+        return not all(line.lstrip().startswith(_OWN_MODULES) for line in keys)
 
 
 @contextlib.contextmanager

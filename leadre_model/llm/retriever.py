@@ -21,6 +21,7 @@ from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex, load_index, load_trie
 from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import Hit, Prompts, cold_prefix_nodes, constrained_beam_search
+from leadre_model.llm.dense_head import Rerank, dense_head_of, rerank_hits, restore_dense_head
 from leadre_model.llm.item_text import MODULE, restore_item_text
 from leadre_model.llm.manifest import Manifest
 from leadre_model.llm.model import load_model
@@ -44,6 +45,8 @@ class SidRetriever:
         self.level_ids = (list(level_ids) if level_ids is not None
                           else level_token_ids(tokenizer, self.trie.level_sizes))
         self.cold_nodes = cold_nodes
+        # how a model with a dense head ranks (llm/dense_head.py); None: the head's setting
+        self.rerank: Rerank | None = None
 
     @classmethod
     def from_dirs(cls, model_dir: str | Path, index_dir: str | Path,
@@ -54,6 +57,7 @@ class SidRetriever:
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
                                                 dtype=dtype)
         restore_item_text(model, model_dir, tokenizer, index, index_dir)
+        restore_dense_head(model, model_dir, tokenizer, index)
         return cls(model, tokenizer, index, load_trie(Path(index_dir)),
                    manifest=Manifest.model_validate(manifest))
 
@@ -77,6 +81,9 @@ class SidRetriever:
         adapter = getattr(self.model, MODULE, None)
         if adapter is not None and embeddings is not None:  # a superset: old rows unchanged
             adapter.set_table(self.tokenizer, index, embeddings)
+        head = dense_head_of(self.model)
+        if head is not None:  # added ads: scored by their codes (no id row)
+            head.set_table(self.tokenizer, index)
         cold = np.arange(len(index)) >= n
         nodes = cold_prefix_nodes(trie, index.codes[fits], cold[fits]) if cold.any() else None
         return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,
@@ -88,11 +95,24 @@ class SidRetriever:
                  progress: bool = False) -> list[list[Hit]]:
         """Top ``top_k`` (default ``beam_width``) hits per prompt, best first; ``exclude[i]``:
         index rows prompt ``i`` must not return; ``cold_nodes`` default to this retriever's.
-        See :func:`~leadre_model.llm.decode.constrained_beam_search`."""
-        return constrained_beam_search(
+        See :func:`~leadre_model.llm.decode.constrained_beam_search`. A model with a dense
+        head (llm/dense_head.py) re-ranks the whole beam by it (``self.rerank``, default the
+        head's own setting) and returns the top ``top_k`` of that order."""
+        head = dense_head_of(self.model)
+        mode = self.rerank or (head.rerank if head is not None else "off")
+        k = beam_width if top_k is None else top_k
+        if head is not None and mode == "full":  # no beam search: the dense top-k
+            return rerank_hits(self.model, head, self.tokenizer, prompts, [[]] * len(prompts),
+                               mode, k, self.index, exclude, batch_size)
+        hits = constrained_beam_search(
             self.model, self.tokenizer, prompts, self.trie, self.level_ids, beam_width,
-            top_k=top_k, batch_size=batch_size, progress=progress, exclude=exclude,
+            top_k=k if head is None or mode == "off" else beam_width, batch_size=batch_size,
+            progress=progress, exclude=exclude,
             cold_nodes=self.cold_nodes if cold_nodes is None else cold_nodes)
+        if head is None or mode == "off":
+            return hits
+        return rerank_hits(self.model, head, self.tokenizer, prompts, hits, mode, k, self.index,
+                           batch_size=batch_size)
 
     def ad_ids(self, hits: Sequence[Sequence[Hit]]) -> list[list[str]]:
         """The ad ids of :meth:`retrieve`'s hits."""

@@ -17,8 +17,9 @@ from leadre_model.data.store import load_ads
 from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
 from leadre_model.index.trie import SidTrie
+from leadre_model.llm.dense_head import attach_dense_head
 from leadre_model.llm.item_text import attach_item_text
-from leadre_model.llm.model import LLMConfig, build_model, save_model
+from leadre_model.llm.model import DenseHeadSettings, LLMConfig, build_model, save_model
 from leadre_model.llm.retriever import SidRetriever
 from leadre_model.llm.tokenizer import TokenizerConfig, train_tokenizer
 from leadre_model.prompts.compact import CompactConfig, compact_vocabulary
@@ -85,6 +86,15 @@ _CPU_90M = _CPU.model_copy(update={
                                    time_budget_s=85 * 60),
 })
 
+# cpu-90m plus a dense retrieval head beside the S-ID head (LIGER; llm/dense_head.py): the
+# query at each target's <|ad|> is trained with full-softmax CE over all ads (as SASRec-CE);
+# retrieval is its top-k over all active ads ("full": the best use of the head in the
+# 4-epoch pilot, above re-ranking the beam); `leadre eval --rerank` scores the others.
+# Measured on amazon-toys:
+# docs/results/amazon-toys/cpu-90m-dense-head.
+_CPU_90M_DENSE = _CPU_90M.model_copy(update={
+    "llm": _CPU_90M.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="full")})})
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
     "cpu": _CPU,
@@ -92,6 +102,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "bench": _CPU,
     # real catalogs (amazon-toys: 19,412 users), ≤ 90 min on 2 cores, validation-selected
     "cpu-90m": _CPU_90M,
+    "cpu-90m-dense": _CPU_90M_DENSE,
     # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
     "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
     # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
@@ -175,6 +186,8 @@ def train_leadre(
                                      cfg.llm.seed)
     if cfg.llm.item_text:
         attach_item_text(model, tokenizer, index, load_embeddings(index_dir), cfg.llm.seed)
+    if cfg.llm.dense_head is not None:
+        attach_dense_head(model, tokenizer, index, cfg.llm.dense_head, cfg.llm.seed)
 
     selector = None
     if cfg.validation is not None:

@@ -24,6 +24,8 @@ from leadre_model.configbase import StrictConfig
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.index.trie import SidTrie
+from leadre_model.llm.decode import Hit, encode_prompts
+from leadre_model.llm.dense_head import DenseHead, dense_head_of, prompt_scores, rerank_hits
 from leadre_model.llm.retriever import SidRetriever
 
 
@@ -51,18 +53,42 @@ class SidValidator:
         self.prompts = [s["prompt"] for s in samples]
         self.targets = [s["target_ad"] for s in samples]
         self.trie = trie if trie is not None else index.build_trie()
+        self.extra: dict[str, float] = {}  # the last round's other figures
 
     def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> float:
+        """Recall@k as the model retrieves; a model with a dense head (llm/dense_head.py)
+        is also scored with every other use of its head, into :attr:`extra`."""
         was_training = model.training
         model.eval()
+        self.extra: dict[str, float] = {}
         try:
             sid = SidRetriever(model, tokenizer, self.index, self.trie)
-            hits = sid.retrieve(self.prompts, max(self.cfg.beam_width, self.cfg.k),
-                                top_k=self.cfg.k, batch_size=self.cfg.batch_size)
+            beam = max(self.cfg.beam_width, self.cfg.k)
+            head = dense_head_of(model)
+            if head is None:
+                hits = sid.retrieve(self.prompts, beam, top_k=self.cfg.k,
+                                    batch_size=self.cfg.batch_size)
+            else:
+                hits = self._every_rerank(sid, head, beam)
         finally:
             model.train(was_training)
+        return self._recall(sid, hits)
+
+    def _recall(self, sid: SidRetriever, hits: Sequence[Sequence[Hit]]) -> float:
         found = sum(t in set(ads) for t, ads in zip(self.targets, sid.ad_ids(hits)))
         return found / len(self.targets)
+
+    def _every_rerank(self, sid: SidRetriever, head: DenseHead, beam: int) -> list[list[Hit]]:
+        sid.rerank = "off"
+        beams = sid.retrieve(self.prompts, beam, batch_size=self.cfg.batch_size)
+        scores = prompt_scores(sid.model, head, encode_prompts(sid.tokenizer, self.prompts),
+                               self.cfg.batch_size)
+        out = {}
+        for mode in ("off", "dense", "mix", "full"):
+            out[mode] = rerank_hits(sid.model, head, sid.tokenizer, self.prompts, beams, mode,
+                                    self.cfg.k, self.index, scores=scores)
+            self.extra[f"valid_recall@{self.cfg.k}_{mode}"] = self._recall(sid, out[mode])
+        return out[head.rerank]
 
 
 class BestOnValidation(TrainerCallback):
@@ -81,6 +107,7 @@ class BestOnValidation(TrainerCallback):
     def _round(self, model: PreTrainedModel, epoch: float) -> None:
         score = self.validator(model, self.tokenizer)
         self.history.append({"epoch": round(epoch, 3), f"valid_recall@{self.cfg.k}": score,
+                             **getattr(self.validator, "extra", {}),
                              "elapsed_s": round(time.perf_counter() - self._t0, 1)})
         if self.best_round < 0 or score > self._score(self.history[self.best_round]):
             self.best_round = len(self.history) - 1

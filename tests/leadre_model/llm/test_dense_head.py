@@ -1,0 +1,116 @@
+"""The dense head (llm/dense_head.py): where its targets are, that TRL training through the
+CPU recipe trains it, that it survives save → load, and that retrieval re-ranks by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from leadre_model.index.sid_index import load_index
+from leadre_model.llm.dense_head import MODULE, attach_dense_head, dense_head_of, prompt_scores
+from leadre_model.llm.model import DenseHeadSettings, LLMConfig, build_model
+from leadre_model.llm.retriever import SidRetriever
+from leadre_model.llm.tokenizer import train_tokenizer
+from leadre_model.prompts.tasks import build_samples
+from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
+from leadre_model.train.validate import ValidationConfig
+
+CFG = LLMConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+
+
+def _model(index, **kw):  # type: ignore[no-untyped-def]
+    tok = train_tokenizer(["a user clicked an ad"], index.level_sizes)
+    model, tok = build_model(CFG, tok)
+    attach_dense_head(model, tok, index, DenseHeadSettings(**kw))
+    return model, tok
+
+
+def test_targets_are_scored_at_the_position_before_their_first_labelled_sid(
+        small_index: Path) -> None:
+    index = load_index(small_index)
+    model, tok = _model(index)
+    head = dense_head_of(model)
+    word = tok("a user", add_special_tokens=False)["input_ids"]
+    first = tok(index.sid(3), add_special_tokens=False)["input_ids"]
+    second = tok(index.sid(7), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([word + first + word + second])
+    labels = ids.clone()
+    labels[0, : len(word) + len(first)] = -100  # the first ad is history, the second a target
+    hidden = torch.randn(1, ids.shape[1], CFG.hidden_size)
+    ce, (b, p) = head.target_losses(ids, labels, hidden)
+    assert p.tolist() == [2 * len(word) + len(first) - 1] and b.tolist() == [0]
+    want = torch.nn.functional.cross_entropy(head.scores(hidden[0, p]), torch.tensor([7]))
+    torch.testing.assert_close(ce.mean(), want)
+    # the model's own loss (no TRL) gets it added while training, not in eval mode
+    model.train()
+    with torch.no_grad():
+        with_head = model(input_ids=ids, labels=labels).loss
+        model.eval()
+        plain = model(input_ids=ids, labels=labels).loss
+    tokens = (labels[:, 1:] != -100).sum()
+    torch.testing.assert_close(with_head, plain + head.last_loss / tokens, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world_index, tmp_path_factory):  # type: ignore[no-untyped-def]
+    world, index_dir = tiny_world_index
+    root = tmp_path_factory.mktemp("dense")
+    base = TRAIN_PRESETS["cpu"]
+    cfg = base.model_copy(update={
+        "llm": base.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="dense")}),
+        "seq": base.seq.model_copy(update={"epochs": 3, "logging_steps": 1}),
+        "validation": ValidationConfig(users=20, every_epochs=1.5)})
+    summary = train_leadre(world, index_dir, root / "model", cfg, progress=False)
+    return world, index_dir, root / "model", cfg, summary
+
+
+def test_trl_training_trains_the_head_and_it_survives_save_and_load(trained) -> None:  # type: ignore[no-untyped-def]
+    world, index_dir, model_dir, cfg, summary = trained
+    index = load_index(index_dir)
+    sid = SidRetriever.from_dirs(model_dir, index_dir)
+    head = dense_head_of(sid.model)
+    assert head is not None and head.rerank == "dense"
+    # trained: the query map moved away from its identity init
+    assert not torch.allclose(head.query.weight, torch.eye(head.query.in_features))
+    # validation rounds score the model with every use of its head and select by its own
+    for r in summary["validation"]["rounds"]:
+        assert r["valid_recall@10"] == r["valid_recall@10_dense"]
+        assert {f"valid_recall@10_{m}" for m in ("off", "mix", "full")} <= set(r)
+    samples = build_samples(world, index, cfg.prompts, ["main"], "test")[:6]
+    ids = sid.tokenizer([s["prompt"] for s in samples])["input_ids"]
+    # batched (left-padded) and one by one agree, and a reload gives the same scores
+    batched = prompt_scores(sid.model, head, ids)
+    alone = torch.cat([prompt_scores(sid.model, head, [p]) for p in ids])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+    again = SidRetriever.from_dirs(model_dir, index_dir)
+    torch.testing.assert_close(prompt_scores(again.model, dense_head_of(again.model), ids),
+                               batched)
+
+
+def test_retrieval_reranks_the_beam_by_the_head(trained) -> None:  # type: ignore[no-untyped-def]
+    world, index_dir, model_dir, cfg, _ = trained
+    index = load_index(index_dir)
+    sid = SidRetriever.from_dirs(model_dir, index_dir)
+    prompts = [s["prompt"] for s in build_samples(world, index, cfg.prompts, ["main"], "test")[:4]]
+    ids = sid.tokenizer(prompts)["input_ids"]
+    scores = prompt_scores(sid.model, dense_head_of(sid.model), ids)
+    sid.rerank = "off"
+    beam = sid.retrieve(prompts, 10)
+    sid.rerank = "dense"
+    dense = sid.retrieve(prompts, 10, top_k=5)
+    for i, (b, d) in enumerate(zip(beam, dense)):
+        rows = [h.row for h in b]
+        want = sorted(rows, key=lambda r: -float(scores[i, r]))[:5]
+        assert [h.row for h in d] == want
+    sid.rerank = "mix"
+    mix = sid.retrieve(prompts, 10, top_k=5)
+    assert all(len(m) == 5 and {h.row for h in m} <= {h.row for h in b}
+               for m, b in zip(mix, beam))
+    sid.rerank = "full"
+    full = sid.retrieve(prompts, 10, top_k=5, exclude=[{int(scores[0].argmax())}, (), (), ()])
+    assert [h.row for h in full[1]] == scores[1].masked_fill(
+        ~torch.as_tensor(index.active), float("-inf")).topk(5).indices.tolist()
+    assert int(scores[0].argmax()) not in {h.row for h in full[0]}
+    assert getattr(sid.model, MODULE) is dense_head_of(sid.model)
