@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,28 @@ def small_index(tmp_path_factory: pytest.TempPathFactory, small_ads: list[Ad], e
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_world_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 40-user synthetic world and its tiny index (a few seconds)."""
+def build_tiny_world(root: Path, n_users: int = 40) -> tuple[Path, Path]:
+    """A synthetic world of ``n_users`` (150 ads, 150 content items) and its tiny index
+    under ``root`` (a few seconds): (world, index directory)."""
     from leadre_model.data.store import load_ads
     from leadre_model.data.synth import SynthConfig, generate_world
     from leadre_model.index.build import build_index
 
-    root = tmp_path_factory.mktemp("tiny_world")
     world, index_dir = root / "world", root / "index"
-    generate_world(world, SynthConfig(n_users=40, n_ads=150, n_content=150), progress=False)
+    generate_world(world, SynthConfig(n_users=n_users, n_ads=150, n_content=150), progress=False)
     build_index(load_ads(world), index_dir,
                 IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 10})),
                 cache_path=root / "emb.npz", progress=False)
     return world, index_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_world_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """:func:`build_tiny_world` of 40 users, once per session."""
+    return build_tiny_world(tmp_path_factory.mktemp("tiny_world"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world_builder() -> Callable[..., tuple[Path, Path]]:
+    """:func:`build_tiny_world` itself, for modules that want another size."""
+    return build_tiny_world

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from leadre_model.data.store import load_ads
-from leadre_model.data.synth import SynthConfig, generate_world, synth_ad_records
+from leadre_model.data.synth import synth_ad_records
 from leadre_model.eval.harness import EvalConfig, build_eval_data
 from leadre_model.eval.metrics import invalid_output_rate
 from leadre_model.experiments.text_targets import (
@@ -20,9 +19,7 @@ from leadre_model.experiments.text_targets import (
     text_samples,
     train_text_variant,
 )
-from leadre_model.index.build import build_index
-from leadre_model.index.rqvae import PRESETS
-from leadre_model.index.sid_index import IndexConfig, load_index
+from leadre_model.index.sid_index import load_index
 from leadre_model.llm.decode import constrained_beam_search
 from leadre_model.llm.model import LLMConfig
 from leadre_model.llm.tokenizer import TokenizerConfig
@@ -71,14 +68,8 @@ def tiny_train_config() -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def world_index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text_targets")
-    world, index_dir = root / "world", root / "index"
-    generate_world(world, SynthConfig(n_users=60, n_ads=150, n_content=150), progress=False)
-    build_index(load_ads(world), index_dir,
-                IndexConfig(rqvae=PRESETS["tiny"].model_copy(update={"epochs": 10})),
-                cache_path=root / "emb.npz", progress=False)
-    return world, index_dir
+def world_index(tmp_path_factory, tiny_world_builder):
+    return tiny_world_builder(tmp_path_factory.mktemp("text_targets"), n_users=60)
 
 
 @pytest.fixture(scope="module")
