@@ -59,13 +59,15 @@ def union_merge(first: Sequence[str], second: Sequence[str], k_first: int, k_sec
 
 
 class Memoized:
-    """A retriever whose last lists are kept per (cases, k, exclude_seen): put the same
-    object in the harness's list and in combinations, and it decodes once for all."""
+    """A retriever whose lists are kept per (cases, exclude_seen): put the same object in the
+    harness's list and in combinations, and it decodes once for all. It always asks its
+    retriever for at least ``k_min`` ads and cuts, so the harness's calls (``max_k``, then
+    ``dice_k`` on truncated histories) and the combinations' share one decode per set of
+    cases (a list's first k are the same whatever k it was asked for, up to ties)."""
 
-    def __init__(self, inner: Retriever) -> None:
-        self.inner = inner
-        self._key: tuple | None = None
-        self._out: list[list[str]] = []
+    def __init__(self, inner: Retriever, k_min: int = 20, keep: int = 16) -> None:
+        self.inner, self.k_min, self.keep = inner, k_min, keep
+        self._lists: dict[tuple, tuple[int, list[list[str]]]] = {}
 
     @property
     def name(self) -> str:
@@ -88,15 +90,20 @@ class Memoized:
         return dict(getattr(self.inner, "info", {}) or {})
 
     def fit_eval(self, data: EvalData) -> None:
+        self._lists.clear()
         if isinstance(self.inner, Trainable):
             self.inner.fit_eval(data)
 
     def recommend(self, cases: Sequence[EvalCase], k: int) -> list[list[str]]:
-        key = (k, self.exclude_seen,
+        key = (self.exclude_seen,
                tuple((c.user.user_id, c.now_ts, len(c.behaviors)) for c in cases))
-        if key != self._key:
-            self._key, self._out = key, self.inner.recommend(cases, k)
-        return self._out
+        got = self._lists.get(key)
+        if got is None or got[0] < k:
+            n = max(k, self.k_min)
+            got = self._lists[key] = (n, self.inner.recommend(cases, n))
+            while len(self._lists) > self.keep:  # oldest first
+                del self._lists[next(iter(self._lists))]
+        return [row[:k] for row in got[1]]
 
 
 class _TwoBranches:

@@ -93,6 +93,7 @@ def test_memoized_branch_decodes_once_for_itself_and_its_combinations() -> None:
     mc.recommend(CASES, 20)
     for c in combos:
         c.recommend(CASES, 20)
+    assert ml.recommend(CASES, 1) == [["x"], ["x"]]  # cut from the kept lists
     assert lead.calls == cf.calls == 1
     combos[0].exclude_seen = True  # reaches the branches, and a new key decodes again
     assert lead.exclude_seen and cf.exclude_seen
