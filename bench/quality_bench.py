@@ -2,7 +2,7 @@
 convergence in the same run (issue "Retrieval quality", one `name: value` line each).
 
     python bench/quality_bench.py [--workdir runs/quality_bench] [--preset bench]
-                                  [--collab-weight 0.5]
+                                  [--collab-weight 0.5] [--device auto|cpu|cuda]
 
 World: the ablation world (1,000 users, 1,000 ads, 1,500 content items, seed 0). A seeded
 5 % of the ads are *new*: left out of the index LEADRE trains on and of every baseline's
@@ -37,6 +37,7 @@ import numpy as np
 
 from leadre_model.data.store import load_ads
 from leadre_model.data.synth import SynthConfig, generate_world
+from leadre_model.device import describe, resolve_device
 from leadre_model.eval import metrics as M
 from leadre_model.eval.baselines import SASRecConfig
 from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data
@@ -80,7 +81,10 @@ def main() -> None:
                     help="collaborative S-IDs (index/collab.py); 0: text only, as shipped")
     ap.add_argument("--reuse-model", action="store_true",
                     help="test the model a previous run trained (train_s: its recorded time)")
+    ap.add_argument("--device", default="cpu", help="LEADRE and SASRec: cpu | cuda | auto")
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    print(f"device: {describe(device)}")
     wd: Path = args.workdir
     world = wd / "world"
     if not (world / "world.json").exists():
@@ -110,7 +114,7 @@ def main() -> None:
     if reuse:
         train_s = sum(json.loads((model_dir / "train_log.json").read_text())["timings"].values())
     else:
-        train_leadre(world, index_dir, model_dir, preset, progress=False)
+        train_leadre(world, index_dir, model_dir, preset, progress=False, device=device)
         train_s = time.perf_counter() - t0
 
     data = build_eval_data(world, EvalConfig(progress=False))
@@ -121,8 +125,8 @@ def main() -> None:
     for b in baselines:
         b.fit_eval(known)
     # SASRec-CE, early-stopped on validation, its dropout chosen on validation too
-    sasrecs = [baseline_retrievers(["sasrec_ce"], sasrec=SASRecConfig(dropout=p), progress=False)[0]
-               for p in (0.3, 0.5)]
+    sasrecs = [baseline_retrievers(["sasrec_ce"], sasrec=SASRecConfig(dropout=p), progress=False,
+                                   device=device)[0] for p in (0.3, 0.5)]
     for s in sasrecs:
         s.fit_eval(known)
     sasrec = max(sasrecs, key=lambda s: s.info["best_valid_ndcg@10"])
@@ -130,7 +134,7 @@ def main() -> None:
     baselines.append(sasrec)
     leadre = LeadreRetriever("leadre", model_dir, index_dir, world,
                              LeadreEvalConfig(progress=False), index=load_index(served_dir),
-                             embeddings=load_embeddings(served_dir))
+                             embeddings=load_embeddings(served_dir), device=device)
     itemcf = baselines[2]
     retrievers = [leadre, *baselines]
     figures: dict[str, float] = {}

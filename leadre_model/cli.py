@@ -26,6 +26,8 @@ from leadre_model.index.text import TextConfig
 if TYPE_CHECKING:
     from leadre_model.index.sid_index import SidIndex
 
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: CUDA when torch sees one)"
+
 data_app = typer.Typer(help="Build or import a world (ads, content, users, behaviours).",
                        no_args_is_help=True)
 index_app = typer.Typer(help="The ad index: semantic IDs and trie.", no_args_is_help=True)
@@ -209,6 +211,12 @@ def train(
     lora_r: int | None = typer.Option(None, min=1, help="with --base: PEFT LoRA adapters of "
                                       "this rank (merged into the weights when saved)"),
     dpo: bool = typer.Option(True, help="align to eCPM with DPO after SFT"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    batch_size: int | None = typer.Option(
+        None, min=1, help="per-step batch of the SFT stages instead of the preset's (e.g. "
+        "256 on a GPU, so an epoch is bound by the GPU; the preset's figures hold for its own)"),
+    epochs: float | None = typer.Option(None, min=0.01, help="epochs of every SFT stage "
+                                        "instead of the preset's (validation still stops early)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """SFT (the CPU recipe's dense seq stage, or EX → IM → Main) and DPO; saves
@@ -233,8 +241,16 @@ def train(
             update["curriculum"] = strip_lm(cfg.curriculum)
     if not dpo:
         update["dpo"] = None
+    stage_update = {k: v for k, v in (("batch_size", batch_size), ("epochs", epochs))
+                    if v is not None}
+    for stage in ("sft", "lm", "seq") if stage_update else ():
+        if getattr(cfg, stage) is not None:
+            update[stage] = getattr(cfg, stage).model_copy(update=stage_update)
     cfg = type(cfg).model_validate({**cfg.model_dump(), **update})
-    print_trained(train_leadre(world, index, out, cfg, progress=progress), out)
+    from leadre_model.device import resolve_device
+
+    print_trained(train_leadre(world, index, out, cfg, progress=progress,
+                               device=resolve_device(device)), out)
 
 
 def print_trained(summary: dict[str, Any], out: Path) -> None:
@@ -269,6 +285,7 @@ def eval_cmd(
     out: Path | None = typer.Option(None, help="write results.json, results.md and "
                                     "recall_at_10.png (Recall@10 ± se per retriever) here"),
     seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (LEADRE and SASRec)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """HR@K (± standard error), NDCG@K, Recall@K, diversity, LTRR@K, eCPM@K, invalid rate
@@ -286,8 +303,11 @@ def eval_cmd(
                      **({"recall_ks": (5, 10, 20)} if branches else {}))
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)
+    from leadre_model.device import resolve_device
+
+    dev = resolve_device(device)
     retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress,
-                                                cache_dir=cache)
+                                                cache_dir=cache, device=dev)
     modes = [r.strip() for r in rerank.split(",") if r.strip()] or [None]
     for i, m in enumerate(model):
         for mode in modes:
@@ -295,7 +315,7 @@ def eval_cmd(
             name += f"[{mode}]" if len(modes) > 1 else ""
             lcfg = LeadreEvalConfig(beam_width=beam, progress=progress, rerank=mode)
             retrievers.append(LeadreRetriever(name, m, index, world,  # type: ignore[arg-type]
-                                              lcfg))
+                                              lcfg, device=dev))
     if branches:
         from leadre_model.eval.branches import Memoized, branch_retrievers
 

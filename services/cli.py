@@ -144,6 +144,9 @@ def serve_inference(
     instances: int = typer.Option(1, min=1, max=64, help="Triton servers, one process each"),
     base_port: int | None = typer.Option(None, help="instance i: gRPC base+3i, HTTP base+3i+1, "
                                          "metrics base+3i+2 (default LEADRE_INFERENCE_BASE_PORT)"),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N (default "
+                                      "LEADRE_DEVICE, auto; with several instances a bare cuda "
+                                      "or auto puts one on each GPU)"),
     child: bool = typer.Option(False, "--child", hidden=True, help="started by the launcher"),
 ) -> None:
     """Triton inference instances (model `leadre_retrieval`) serving the registry's current
@@ -151,7 +154,7 @@ def serve_inference(
     from leadre_model.clikit import err_console
     from services.inference.launch import run
 
-    s = _settings()
+    s = _settings(device=device)
     registry = registry or Path(s.registry_dir)
     try:
         run(s, registry, instances, base_port or s.inference_base_port,

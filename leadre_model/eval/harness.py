@@ -184,7 +184,7 @@ class ItemIdRetriever:
                                             sort_keys=True, default=str).encode()).hexdigest()
             path = Path(self.cache_dir) / f"{self.name}-{key[:20]}.pt"
             if path.exists():
-                self.model.load_state(torch.load(path, weights_only=False))  # type: ignore[attr-defined]
+                self.model.load_state(torch.load(path, weights_only=False, map_location="cpu"))  # type: ignore[attr-defined]
                 return
         self.model.fit(data.train_sequences, (data.valid_histories, data.valid_targets))
         if path is not None:
@@ -207,9 +207,11 @@ BASELINES = ("popularity", "popularity_ecpm", "recent", "itemcf", "sasrec_ce", "
 def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasrec_bce"),
                         sasrec: SASRecConfig | None = None, itemcf: ItemCFConfig | None = None,
                         progress: bool = True, exclude_seen: bool = False,
-                        cache_dir: Path | None = None) -> list[ItemIdRetriever]:
+                        cache_dir: Path | None = None,
+                        device: torch.device | None = None) -> list[ItemIdRetriever]:
     """The named baselines (:data:`BASELINES`), restricted to active ads. ``cache_dir``:
-    where fitted SASRec weights are kept per (split, settings)."""
+    where fitted SASRec weights are kept per (split, settings); ``device``: where SASRec
+    trains and scores (default: the CPU)."""
     sas = sasrec or SASRecConfig()
     icf = itemcf or ItemCFConfig()
     settings = {"sasrec_ce": sas.model_copy(update={"loss": "ce"}).model_dump(),
@@ -221,9 +223,9 @@ def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasr
         "popularity_ecpm": lambda d: Popularity(len(d.ad_ids), ecpm=d.ecpm, allowed=d.active),
         "itemcf": lambda d: ItemCF(len(d.ad_ids), itemcf, allowed=d.active),
         "sasrec_ce": lambda d: SASRec(len(d.ad_ids), sas.model_copy(update={"loss": "ce"}),
-                                      allowed=d.active, progress=progress),
+                                      allowed=d.active, progress=progress, device=device),
         "sasrec_bce": lambda d: SASRec(len(d.ad_ids), sas.model_copy(update={"loss": "bce"}),
-                                       allowed=d.active, progress=progress),
+                                       allowed=d.active, progress=progress, device=device),
     }
     unknown = set(names) - set(makers)
     if unknown:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from leadre_model.data.store import iter_records, load_ads
@@ -46,13 +47,13 @@ class LeadreRetriever(DecoderParts):
 
     def __init__(self, name: str, model_dir: Path, index_dir: Path, world: Path,
                  cfg: LeadreEvalConfig | None = None, index: SidIndex | None = None,
-                 embeddings: np.ndarray | None = None) -> None:
+                 embeddings: np.ndarray | None = None, device: torch.device | None = None) -> None:
         """``index``: the index to decode over when it is not ``index_dir`` itself, e.g.
         the trained index plus ads added since with ``leadre index add`` (it must extend
         the trained one: same ads and S-IDs first); ``embeddings``: its text embeddings,
-        for a model that takes item text."""
+        for a model that takes item text; ``device``: where the model and trie live."""
         self.name, self.cfg = name, cfg or LeadreEvalConfig()
-        self.sid = SidRetriever.from_dirs(model_dir, index_dir)
+        self.sid = SidRetriever.from_dirs(model_dir, index_dir, device=device)
         # ads added after training (new ads): reached through their semantic prefix; those
         # beyond the model's S-ID vocabulary cannot be written by it (counted)
         self.unrepresentable = 0

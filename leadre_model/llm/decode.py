@@ -134,7 +134,7 @@ def constrained_beam_search(
     beams = beam_search_codes(model, tokenizer, prompts, level_token_ids, beam_width, trie=trie,
                               batch_size=batch_size, engine=engine, progress=progress,
                               exclude=exclude, cold_nodes=cold_nodes)
-    return [_hits(trie, b)[:top_k] for b in beams]
+    return [_hits(trie, b, top_k) for b in beams]
 
 
 def beam_search_codes(
@@ -279,12 +279,11 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
     codes = history.cpu().numpy().reshape(n, width, -1)
     rows = (tt.leaf_rows[nodes.clamp(min=0)].where(nodes >= 0, -1).cpu().numpy().reshape(n, width)
             if tt is not None else None)
-    out_beams = []
-    for p in range(n):
-        live = np.isfinite(scores[p])
-        out_beams.append(Beams(codes[p][live], scores[p][live],
-                               None if rows is None else rows[p][live]))
-    return out_beams
+    live = np.isfinite(scores)
+    if live.all():  # the usual case: views, no copies
+        return [Beams(codes[p], scores[p], None if rows is None else rows[p]) for p in range(n)]
+    return [Beams(codes[p][live[p]], scores[p][live[p]], None if rows is None else rows[p][live[p]])
+            for p in range(n)]
 
 
 def cold_prefix_nodes(trie: SidTrie, codes: np.ndarray, cold: np.ndarray) -> list[np.ndarray]:
@@ -308,12 +307,15 @@ def _full_vocab_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch
     return logits.gather(1, token_ids) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-def _hits(trie: SidTrie, beams: Beams) -> list[Hit]:
-    rows = beams.rows if beams.rows is not None else trie.lookup(beams.codes)
+def _hits(trie: SidTrie, beams: Beams, k: int) -> list[Hit]:
+    """The best ``k`` beams as hits."""
+    codes = beams.codes[:k]
+    rows = beams.rows[:k] if beams.rows is not None else trie.lookup(codes)
     if (rows < 0).any():  # a bug, never a model quirk: the trie chose every code
         raise RuntimeError("constrained search produced an S-ID that is not an active ad")
-    return [Hit(int(r), tuple(int(c) for c in codes), float(s))
-            for r, codes, s in zip(rows, beams.codes, beams.scores)]
+    # one tolist per array: Python ints and floats without a numpy scalar per field
+    return [Hit(r, tuple(c), s)
+            for r, c, s in zip(rows.tolist(), codes.tolist(), beams.scores[:k].tolist())]
 
 
 def _left_pad(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -264,8 +264,10 @@ def load_model(
     model_dir: str | Path,
     expected_index_digest: str | None = None,
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    """Load (model in eval mode, tokenizer, manifest) saved by :func:`save_model`.
+    """Load (model in eval mode on ``device`` (default: the CPU), tokenizer, manifest)
+    saved by :func:`save_model`, wherever it was trained (weights are saved device-free).
 
     BadInputError (a ValueError) when ``expected_index_digest`` (``SidIndex.digest()`` of
     the index about to be served) differs from the one the model was trained on — its S-ID
@@ -286,6 +288,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     model.name_or_path = manifest["base"]
     neutral_generation_config(model, tokenizer)
+    if device is not None:
+        model.to(device)
     return model.eval(), tokenizer, manifest
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
@@ -50,12 +51,13 @@ class SidRetriever:
 
     @classmethod
     def from_dirs(cls, model_dir: str | Path, index_dir: str | Path,
-                  dtype: Any = None) -> SidRetriever:
-        """The model saved in ``model_dir`` over the index in ``index_dir``; BadInputError
-        when the model was trained on another index (see :meth:`Manifest.check_index`)."""
+                  dtype: Any = None, device: torch.device | None = None) -> SidRetriever:
+        """The model saved in ``model_dir`` over the index in ``index_dir``, on ``device``
+        (default: the CPU; the decoder keeps the trie there too); BadInputError when the
+        model was trained on another index (see :meth:`Manifest.check_index`)."""
         index = load_index(Path(index_dir))
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
-                                                dtype=dtype)
+                                                dtype=dtype, device=device)
         restore_item_text(model, model_dir, tokenizer, index, index_dir)
         restore_dense_head(model, model_dir, tokenizer, index)
         return cls(model, tokenizer, index, load_trie(Path(index_dir)),

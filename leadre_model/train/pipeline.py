@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from leadre_model.configbase import StrictConfig
 from leadre_model.data.store import load_ads
+from leadre_model.device import describe
 from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
 from leadre_model.index.trie import SidTrie
@@ -150,10 +152,13 @@ def cap_samples(samples: list[dict[str, Any]], n: int | None, seed: int) -> list
 
 def train_leadre(
     world: Path, index_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
-    sft_out: Path | None = None,
+    sft_out: Path | None = None, device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train and save; returns a summary (stage logs, sample counts, wall times).
-    ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b compares)."""
+    """Train and save; returns a summary (stage logs, sample counts, wall times, the
+    device). ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b
+    compares); ``device``: where the trainers and validation decodes run (default: CPU).
+    The saved weights load on any device."""
+    device = device or torch.device("cpu")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     index, trie = load_index(index_dir), load_trie(index_dir)
@@ -188,6 +193,7 @@ def train_leadre(
         attach_item_text(model, tokenizer, index, load_embeddings(index_dir), cfg.llm.seed)
     if cfg.llm.dense_head is not None:
         attach_dense_head(model, tokenizer, index, cfg.llm.dense_head, cfg.llm.seed)
+    model.to(device)
 
     selector = None
     if cfg.validation is not None:
@@ -202,8 +208,17 @@ def train_leadre(
                               lm_cfg=cfg.lm, seq_cfg=cfg.seq,
                               last_stage_callbacks=[selector] if selector else ())
     timings["sft_s"] = time.perf_counter() - t0
+    # epochs run: the last logged epoch of each stage (and the last validation round, which
+    # runs at the end of the last stage)
+    ends = [max((h.get("epoch", 0.0) for h in log["history"]), default=0.0) for log in sft_logs]
+    if selector is not None and selector.history and ends:
+        ends[-1] = max(ends[-1], selector.history[-1]["epoch"])
+    epochs = sum(ends)
+    if epochs > 0:
+        timings["sft_s_per_epoch"] = timings["sft_s"] / epochs
 
-    summary: dict[str, Any] = {"config": cfg.model_dump(), "sft": sft_logs}
+    summary: dict[str, Any] = {"config": cfg.model_dump(), "sft": sft_logs,
+                               "device": describe(device)}
     if selector is not None:
         summary["validation"] = selector.summary()
     if sft_out is not None:

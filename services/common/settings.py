@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from leadre_model.device import DeviceSpec
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADRE_", extra="ignore")
@@ -105,6 +107,9 @@ class Settings(BaseSettings):
     grpc_tls_ca: str | None = Field(default=None, description="CA the mixer trusts (user server)")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="HTTP body limit")
     grpc_max_message_bytes: int = Field(default=4_194_304, ge=1024)
+    # where models run: inference instances and the daily pipeline (auto: CUDA when torch
+    # sees one; several instances with a bare cuda/auto take one GPU each, round-robin)
+    device: DeviceSpec = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     # inference service (issue 4): Triton instances, registry polling, catalog tail
     inference_base_port: int = Field(default=8001, ge=1, le=65_000,
                                      description="instance i: gRPC base+3i, HTTP +1, metrics +2")

@@ -86,11 +86,13 @@ class Bundle(DecoderParts):
         self.lock = threading.Lock()
 
     @classmethod
-    def load(cls, vdir: str | Path, version: str | None = None) -> Bundle:
-        """Load ``<registry>/versions/<id>``; ValueError when its model does not match its
-        index (the manifest's digest, the S-ID tokens) — such a version is never served."""
+    def load(cls, vdir: str | Path, version: str | None = None,
+             device: torch.device | None = None) -> Bundle:
+        """Load ``<registry>/versions/<id>`` onto ``device`` (default: the CPU); ValueError
+        when its model does not match its index (the manifest's digest, the S-ID tokens) —
+        such a version is never served."""
         vdir = Path(vdir)
-        sid = SidRetriever.from_dirs(vdir / "model", vdir / "index")
+        sid = SidRetriever.from_dirs(vdir / "model", vdir / "index", device=device)
         adv = read_advertisers(vdir, sid.index.level_sizes[0])
         return cls(version or vdir.name, sid, adv)
 

@@ -40,6 +40,21 @@ def check_ports_free(host: str, ports: list[int]) -> None:
                                  "choose another --base-port") from None
 
 
+def instance_device(spec: str, i: int, gpus: int | None = None) -> str:
+    """Instance ``i``'s device: with ``auto`` or a bare ``cuda`` on a machine with G GPUs
+    (``gpus``, default: what torch sees), GPU ``i mod G`` — one instance per GPU, more
+    instances than GPUs share them round-robin; otherwise ``spec`` as given."""
+    if spec not in ("auto", "cuda"):
+        return spec
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return spec  # auto → CPU; a bare cuda fails in the instance with a clear message
+    return f"cuda:{i % gpus}"
+
+
 def describe(settings: Settings, base_port: int, i: int) -> str:
     grpc, http, metrics = instance_ports(base_port, i)
     return (f"instance {i}: grpc://{settings.inference_advertise_host}:{grpc} "
@@ -70,7 +85,8 @@ def _run_children(settings: Settings, registry: Path, instances: int, base_port:
     children = [subprocess.Popen(
         [sys.executable, "-m", "leadre", "serve", "inference", "--registry", str(registry),
          "--instances", "1", "--base-port", str(instance_ports(base_port, i)[0]), "--child"],
-        env=env, start_new_session=True) for i in range(instances)]
+        env={**env, "LEADRE_DEVICE": instance_device(settings.device, i)},
+        start_new_session=True) for i in range(instances)]
     try:
         _wait_ready(settings, children, base_port, stop, echo)
         while not stop.wait(0.5):

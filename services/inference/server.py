@@ -1,4 +1,5 @@
-"""One inference instance: the Triton model ``leadre_retrieval`` served by PyTriton on CPU.
+"""One inference instance: the Triton model ``leadre_retrieval`` served by PyTriton, the
+model and the decoder's trie on the instance's device (``LEADRE_DEVICE``: the CPU or a GPU).
 
 * **Model**: dynamic batching (``inference_max_batch``, ``inference_queue_delay_us``);
   requests of a batch are grouped by beam width and decoded together; Triton's own
@@ -42,6 +43,7 @@ from pydantic import ValidationError
 from pytriton.model_config import DynamicBatcher, ModelConfig
 from pytriton.triton import Triton, TritonConfig
 
+from leadre_model.device import resolve_device
 from leadre_model.errors import UsageError
 from services.common.contracts import CATALOG_STREAM, INSTANCES_KEY, TRITON_MODEL, CatalogEvent
 from services.common.errors import BadRequest
@@ -77,6 +79,7 @@ class InferenceService:
         self._threads: list[threading.Thread] = []
         self._triton: Triton | None = None
         self._redis_warned = 0.0
+        self.device = resolve_device(settings.device)
 
     @property
     def refused_versions(self) -> dict[str, str]:
@@ -99,7 +102,7 @@ class InferenceService:
         if version is None:
             raise UsageError(f"{self.registry}: no current version to serve; publish one first "
                              "(services.inference.registry.publish_version)")
-        bundle = Bundle.load(version_dir(self.registry, version), version)
+        bundle = Bundle.load(version_dir(self.registry, version), version, self.device)
         self._catch_up(bundle, upto="+")
         self._bundle = bundle
         grpc, http, metrics = self.ports
@@ -230,7 +233,7 @@ class InferenceService:
         if version is None or version == self.bundle.version or version in self._refused:
             return
         try:
-            new = Bundle.load(version_dir(self.registry, version), version)
+            new = Bundle.load(version_dir(self.registry, version), version, self.device)
         except Exception as exc:  # noqa: BLE001 — any load failure means: refuse, keep serving
             self._refused[version] = str(exc)
             log.error("refusing version", extra={"version": version, "reason": str(exc),

@@ -98,7 +98,9 @@ def index_new_ads(source: Path, work: Path, ads: Sequence[Ad]) -> SidIndex:
 
 def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
                       settings: Settings) -> dict[str, Any]:
-    """Fine-tune the served model further on ``world`` (see module doc); saves to ``out``."""
+    """Fine-tune the served model further on ``world`` (see module doc) on the device of
+    ``settings.device``; saves to ``out``."""
+    from leadre_model.device import describe, resolve_device
     from leadre_model.index.sid_index import load_index
     from leadre_model.index.sids import sid_vocabulary
     from leadre_model.llm.manifest import Manifest
@@ -119,21 +121,25 @@ def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
     model, tok = build_model(cfg.llm.model_copy(update={"base": str(prev_model)}),
                              new_tokens=sid_vocabulary(index.level_sizes))
     sft = cfg.sft.model_copy(update={"epochs": settings.daily_epochs})
+    device = resolve_device(settings.device)
+    model.to(device)
     logs = run_curriculum(model, tok, by_task, curriculum, sft, progress=False)
     summary = {"config": cfg.model_dump(), "continued_from": manifest.model_version,
-               "sft": logs, "samples": {t: len(v) for t, v in by_task.items()}}
+               "sft": logs, "samples": {t: len(v) for t, v in by_task.items()},
+               "device": describe(device)}
     save_model(model, tok, out, index.digest(), extra={"train": summary})
     return summary
 
 
 def evaluate_pair(world: Path, previous: Path, new: Path, settings: Settings) -> tuple[float, float]:
     """``daily_metric`` of the served version and of the new one on the same split."""
+    from leadre_model.device import resolve_device
     from leadre_model.eval.harness import EvalConfig, evaluate
     from leadre_model.eval.leadre_retriever import LeadreEvalConfig, LeadreRetriever
 
-    lcfg = LeadreEvalConfig(progress=False)
-    retrievers = [LeadreRetriever("previous", previous / "model", previous / "index", world, lcfg),
-                  LeadreRetriever("new", new / "model", new / "index", world, lcfg)]
+    lcfg, device = LeadreEvalConfig(progress=False), resolve_device(settings.device)
+    retrievers = [LeadreRetriever(name, d / "model", d / "index", world, lcfg, device=device)
+                  for name, d in (("previous", previous), ("new", new))]
     res = evaluate(world, retrievers, EvalConfig(max_test_users=settings.daily_eval_users,
                                                  progress=False))
     figures = res["retrievers"]

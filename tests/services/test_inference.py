@@ -294,3 +294,24 @@ def test_cli_serves_two_instances_until_sigterm(registry: Path, tmp_path: Path) 
             proc.kill()
         r.flushdb()
         r.close()
+
+
+def test_instances_take_one_gpu_each_round_robin() -> None:
+    from services.inference.launch import instance_device
+
+    assert [instance_device("cuda", i, gpus=2) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert instance_device("auto", 3, gpus=4) == "cuda:3"
+    assert instance_device("auto", 1, gpus=0) == "auto"  # no GPU: each instance on the CPU
+    assert instance_device("cuda:1", 0, gpus=2) == "cuda:1"  # an explicit GPU stays
+    assert instance_device("cpu", 5, gpus=8) == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize(("device", "message"), [("cuda", "no CUDA device"),
+                                                 ("tpu", "expected auto, cpu, cuda or cuda:N")])
+def test_cli_refuses_a_device_it_cannot_use(registry: Path, tmp_path: Path, device: str,
+                                            message: str) -> None:
+    proc = _cli(["--registry", str(registry), "--base-port", str(_free_base_port(3)),
+                 "--device", device], 12, tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and message in err + out and "Traceback" not in err + out

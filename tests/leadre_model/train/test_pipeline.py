@@ -100,3 +100,17 @@ def test_cpu_recipe_trains_dense_rows_then_dpo_and_decodes(trained, tmp_path):
                                    level_token_ids(tok, index.level_sizes), beam_width=8)
     assert all(len({h.row for h in hs}) == 8 and index.active[[h.row for h in hs]].all()
                for hs in hits)
+
+
+def test_manifest_records_the_device_and_the_model_loads_on_one(trained):
+    import torch
+
+    from leadre_model.llm.manifest import Manifest
+    from leadre_model.llm.retriever import SidRetriever
+
+    _, index_dir, model_dir, summary = trained
+    assert summary["device"].startswith("cpu (")
+    assert "sft_s_per_epoch" in summary["timings"]
+    assert Manifest.read(model_dir).trained_on == summary["device"]
+    sid = SidRetriever.from_dirs(model_dir, index_dir, device=torch.device("cpu"))
+    assert sid.model.device.type == "cpu"
