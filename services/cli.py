@@ -22,7 +22,7 @@ pipeline_app = typer.Typer(help="Operational pipelines (the daily training cycle
                            no_args_is_help=True)
 
 
-# --- issue 5: online + nearline processes (settings: LEADRE_* env vars, README table) ----
+# --- issue 5: online + nearline processes (settings: LEADRE_* env vars, docs/serving.md#settings) ----
 def _settings(**overrides: object) -> Settings:
     from services.common.logs import setup_logging
     from services.common.settings import Settings

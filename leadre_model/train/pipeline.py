@@ -61,7 +61,7 @@ _SMALL_LLM = LLMConfig(hidden_size=96, intermediate_size=256, num_layers=2)
 # the loss on the S-ID of every train target, and on each content behaviour's category as an
 # auxiliary task), S-ID rows initialised from the RQ-VAE codebooks, a ≈0.2M-parameter Qwen2
 # from scratch. Measured by bench/quality_bench.py and `leadre experiment recipe`; the
-# README's "Which preset to pick" table has the costs.
+# "Which preset to pick" in docs/training_and_evaluation.md has the costs.
 _COMPACT_PROMPTS = PromptConfig(format="compact", max_behaviors=200, token_budget=600,
                                 compact=CompactConfig(content_loss=True))
 _CPU_LLM = LLMConfig(hidden_size=64, intermediate_size=128, num_layers=2, max_positions=1024,

@@ -1,6 +1,6 @@
 """Process settings from environment variables (prefix ``LEADRE_``), one place for all.
 
-Later services add their fields here; the README's settings table lists them.
+Later services add their fields here; docs/serving.md#settings lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
 
-    # --- online + nearline services (issue 5); README "Settings" lists every field -------
+    # --- online + nearline services (issue 5); docs/serving.md#settings lists every field -------
     registry_dir: str = Field(default="runs/registry", description="model+index versions")
     live_index_dir: str = Field(default="runs/live_index",
                                 description="index with the ads added since the last version")
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     daily_eval_users: int = Field(default=200, ge=1)
     daily_epochs: float = Field(default=1.0, gt=0)
     daily_max_samples_per_task: int = Field(default=700, ge=1)
-    # security + limits (issue 6); README "Settings" lists them
+    # security + limits (issue 6); docs/serving.md#settings lists them
     api_keys: str = Field(default="", repr=False,
                           description="comma-separated mixer API keys; '' = no authentication")
     redis_password: SecretStr | None = Field(default=None, description="AUTH password")
