@@ -76,6 +76,10 @@ def async_redis_client(settings: Settings, *, decode_responses: bool = True,
     opts = {"decode_responses": decode_responses, **redis_options(settings), **extra}
     if settings.redis_cluster:
         nodes = [AsyncClusterNode(h, p) for h, p in cluster_nodes(settings)]
+        # redis-py's async cluster client raises MaxConnectionsError beyond 100 connections
+        # a node instead of waiting; RecordBehaviors' per-user reads under 8 concurrent calls
+        # of 20 users went past it (bench/ingest_bench.py). Redis's own maxclients: 10,000.
+        opts.setdefault("max_connections", 10_000)
         return aioredis.RedisCluster.from_url(redis_url(settings), startup_nodes=nodes, **opts)
     return aioredis.from_url(redis_url(settings), **opts)
 
