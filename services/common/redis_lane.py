@@ -116,6 +116,7 @@ class ReadLane:
             if self._conn is not None and not self._conn.lost:
                 return self._conn
             loop = asyncio.get_running_loop()
+            conn: _Connection | None = None
             try:
                 async with asyncio.timeout(self.timeout_s):
                     _, conn = await loop.create_connection(
@@ -129,12 +130,19 @@ class ReadLane:
                         setup.append(conn.send(pack_command("SELECT", str(self.db))))
                     for fut in setup:
                         await fut
-            except (OSError, ssl.SSLError, TimeoutError) as exc:
+            except TimeoutError:  # a server too slow to answer, not one refusing
+                if conn is not None:
+                    conn.abort()
+                raise redis.exceptions.TimeoutError(
+                    f"redis {self.host}:{self.port}: no connection within {self.timeout_s:g}s"
+                ) from None
+            except (OSError, ssl.SSLError) as exc:
                 raise redis.exceptions.ConnectionError(
                     f"redis {self.host}:{self.port}: {exc or type(exc).__name__}") from None
             except redis.exceptions.ResponseError as exc:  # AUTH or SELECT refused
                 for fut in setup:
                     fut.cancel()
+                assert conn is not None
                 conn.abort()
                 raise redis.exceptions.AuthenticationError(str(exc)) from None
             self._conn = conn

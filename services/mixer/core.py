@@ -43,6 +43,8 @@ class MixerMetrics(Metrics):
         self.served_leadre, self.served_fallback, self.served_both = (
             self.served.labels(b) for b in ("leadre_only", "fallback_only", "both"))
         self.list_hit, self.list_miss = self.lists.labels("hit"), self.lists.labels("miss")
+        self.degraded = self.counter("degraded_total", "answers with the cached catalog-wide "
+                                     "fallback only: Redis did not answer in time")
 
 
 class MixerCore:
@@ -77,6 +79,8 @@ class MixerCore:
         self.m.served_fallback.inc(consumption.fallback_exclusive)
         self.m.served_both.inc(consumption.both)
         (self.m.list_hit if lst.hit else self.m.list_miss).inc()
+        if lst.degraded:
+            self.m.degraded.inc()
         age = None
         if lst.hit:
             age = max(0.0, time.time() - lst.updated_ms / 1000)

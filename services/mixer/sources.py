@@ -46,6 +46,7 @@ class UserLists:
     ads: list[dict]  # LEADRE list, active ads only
     fallback: list[dict]
     advertisers: dict[str, float]  # advertiser priors of the LEADRE list
+    degraded: bool = False  # Redis was too slow: the cached catalog-wide fallback only
 
 
 class ListSource(Protocol):
@@ -77,10 +78,13 @@ def _from_store(items: Sequence[us.ServedAd], provenance: Provenance,
 
 
 @contextmanager
-def _redis_down_is_unavailable() -> Iterator[None]:
+def _redis_down_is_unavailable(timeouts: bool = True) -> Iterator[None]:
+    """Redis refusing (or, with ``timeouts``, not answering in time) → Unavailable."""
+    caught = ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) if timeouts
+              else redis.exceptions.ConnectionError)
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except caught as exc:
         raise Unavailable(f"redis: {exc}") from None
 
 
@@ -90,8 +94,17 @@ class RedisSource:
 
     async def get_list(self, user_id: str, k: int, fallback_k: int,
                        advertisers: bool = True) -> UserLists:
-        with _redis_down_is_unavailable():
-            res = await self.store.get_list(user_id, k, fallback_k, advertisers)
+        try:
+            with _redis_down_is_unavailable(timeouts=False):
+                res = await self.store.get_list(user_id, k, fallback_k, advertisers)
+        except redis.exceptions.TimeoutError as exc:
+            # Redis answered nothing within mixer_timeout_s (the read lane's deadline): the
+            # request still gets an answer in time, the catalog-wide fallback as last read.
+            if not (stale := self.store.stale_fallback(fallback_k)):
+                raise Unavailable(f"redis: {exc}") from None
+            return UserLists(hit=False, version=0, updated_ms=0, model_version="", ads=[],
+                             fallback=_from_store(stale, "fallback", self.store.cache.served),
+                             advertisers={}, degraded=True)
         st = res.stored
         return UserLists(
             hit=st is not None, version=st.version if st else 0,

@@ -1,13 +1,16 @@
 """Inference instance choice: a Redis global counter (``contracts.BALANCE_COUNTER``) over
 the healthy instances (heartbeat in ``contracts.INSTANCES_KEY`` younger than ``ttl_s``),
 so every worker process spreads its calls over the same pool evenly; a failed call is
-retried on the next instance.
+retried on the next instance. Calls in flight are counted per instance (:meth:`in_flight`):
+a call that fails, an instance killed mid-batch included, gives its count back.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -42,6 +45,13 @@ class InstanceBalancer:
         self._urls: list[str] = []
         self._urls_at = -1e9
         self._bad: dict[str, float] = {}  # url -> monotonic time until which it is avoided
+        self._in_flight: Counter[str] = Counter()
+        self._lock = threading.Lock()  # calls run on the worker's pool threads
+
+    def in_flight(self) -> dict[str, int]:
+        """Calls in flight per instance (instances with none are left out)."""
+        with self._lock:
+            return {u: n for u, n in self._in_flight.items() if n}
 
     def healthy(self) -> list[str]:
         """Instances with a fresh heartbeat (sorted, so every worker sees the same order)."""
@@ -71,6 +81,8 @@ class InstanceBalancer:
         last: Exception | None = None
         for attempt in range(max_attempts):
             url = order[attempt % len(order)]
+            with self._lock:
+                self._in_flight[url] += 1
             try:
                 return fn(self.client(url)), url
             except Exception as exc:  # noqa: BLE001 — any failure of one instance: try another
@@ -81,5 +93,8 @@ class InstanceBalancer:
                 if self.on_failure is not None:
                     self.on_failure(url, exc)
                 self._urls_at = -1e9  # re-read heartbeats: the instance may be gone
+            finally:
+                with self._lock:
+                    self._in_flight[url] -= 1
         assert last is not None
         raise last

@@ -69,6 +69,8 @@ class WorkerMetrics(Metrics):
                                         "from a behaviour event to its user's new list",
                                         buckets=AGE_BUCKETS)
         self.instances = self.gauge("healthy_instances", "inference instances with a heartbeat")
+        self.instance_calls = self.gauge("instance_calls_in_flight",
+                                         "inference calls in flight per instance", ("instance",))
 
 
 class NearlineWorker:
@@ -99,6 +101,7 @@ class NearlineWorker:
         self._reported = TierStatsCursor()
         self._polled = {"version": -1e9, "catalog": -1e9, "claim": -1e9}
         self.streams = keys.behavior_streams(s.behavior_partitions)
+        self._reported_instances: set[str] = set()
         self._next_partition = 0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -379,7 +382,12 @@ class NearlineWorker:
         for tier, n in enumerate(self.scheduler.depth()):
             self.m.depth.labels(str(tier)).set(n)
         self.m.in_flight.set(len(self.scheduler.in_flight))
-        self.m.instances.set(len(self.balancer.healthy()))
+        healthy = self.balancer.healthy()
+        self.m.instances.set(len(healthy))
+        in_flight = self.balancer.in_flight()
+        for url in {*healthy, *in_flight, *self._reported_instances}:
+            self.m.instance_calls.labels(url).set(in_flight.get(url, 0))
+        self._reported_instances = {*healthy, *in_flight}
         self._reported.push(self.scheduler.stats, self.m)
 
 

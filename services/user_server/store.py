@@ -182,6 +182,20 @@ class UserStore:
                     self.cache.put_ad(ad)
         return [cached.get(a) for a in ad_ids]
 
+    def stale_fallback(self, n: int) -> list[ListedAd]:
+        """The fallback as the hot cache last read it, however old, without asking Redis
+        (an answer when Redis is too slow); empty before the first fallback was read."""
+        rankings = sorted(self.cache.ranked.items(), key=lambda kv: kv[0] != keys.FALLBACK_GLOBAL)
+        out: dict[str, ListedAd] = {}  # the catalog's ranking first, then the categories'
+        for _, ranked in rankings:
+            for ad_id, score in ranked.entries:
+                rec = self.cache.ads.get(ad_id)  # only ads whose record is cached
+                if rec is not None and rec.status is AdStatus.ACTIVE and ad_id not in out:
+                    out[ad_id] = ListedAd(ad_id, score, rec)
+                    if len(out) == n:
+                        return list(out.values())
+        return list(out.values())
+
     async def _fallback(self, cats: list[tuple[str, int]], n: int) -> list[ListedAd]:
         """Top eCPM x popularity ads of the user's most frequent recent categories
         (``cats``: category, count), then of the whole catalog; categories share the slots

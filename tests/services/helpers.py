@@ -175,8 +175,12 @@ class DelayProxy:
         while not self._closed.is_set():
             try:
                 client, _ = self.sock.accept()
-                upstream = socket.create_connection(self.target)
             except OSError:
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the target is gone: the client sees the connection closed
+                client.close()
                 continue
             self.connections += 1
             self._open += [client, upstream]

@@ -153,6 +153,59 @@ def test_redis_restart_503_then_recovery(own_redis: OwnRedis, bg: BackgroundLoop
         bg.run(store.close())
 
 
+def test_slow_redis_gets_the_fallback_within_the_deadline_then_recovery(
+        own_redis: OwnRedis, bg: BackgroundLoop, svc_world) -> None:
+    """Redis made slow (a proxy holding its answers 3 s; the Mixer's deadline is 0.5 s):
+    every retrieval still answers 200 within the deadline (+0.4 s) with the fallback as the
+    hot cache last read it (``list_hit`` false, counted as degraded), over HTTP and gRPC;
+    once Redis is fast again the user's LEADRE list is served within 5 s."""
+    from services.common.contracts import Retrieval, RetrievedAd
+    from services.common.redis_client import redis_client
+    from services.nearline.writer import ListWriter
+
+    pw, deadline = own_redis.password, 0.5
+    direct = Settings(redis_url=own_redis.url, redis_password=pw)
+    seed(direct.model_copy(update={"redis_url": own_redis.url.replace("//", f"//:{pw}@")}),
+         svc_world[0])
+    r = redis_client(direct, decode_responses=False)
+    user = min(x.decode() for x in r.smembers(keys.USERS))
+    ads = [a.decode() for a in r.zrevrange(keys.FALLBACK_GLOBAL, 10, 19)]
+    ListWriter(r, 3600, 10).write(user, 1, Retrieval(
+        ads=[RetrievedAd(ad_id=a, score=-0.1 * (i + 1)) for i, a in enumerate(ads)],
+        model_version="v-slow"))
+    proxy = DelayProxy(f"127.0.0.1:{own_redis.port}")
+    s = direct.model_copy(update={"redis_url": f"redis://{proxy.addr}/0", "mixer_timeout_s": deadline,
+                                  "user_metrics_port": 0, "bind_host": "127.0.0.1", "log_json": False})
+    proc, _ = bg.run(start_mixer(s, lambda: svc_world[1], http_port=0, grpc_port=0))
+    body = {"user_id": user, "k": 5}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{proc.http_port}", timeout=10) as http, \
+                grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}") as ch:
+            stub = pb_grpc.MixerStub(ch)
+            got = http.post("/v1/retrieve", json=body).json()
+            assert got["list_hit"] and got["model_version"] == "v-slow"
+            proxy.delay = 3.0
+            for _ in range(3):  # a read timing out, then reconnects timing out
+                t0 = time.monotonic()
+                r1 = http.post("/v1/retrieve", json=body)
+                took = time.monotonic() - t0
+                assert r1.status_code == 200 and took < deadline + 0.4, (r1.text, took)
+                assert not r1.json()["list_hit"] and len(r1.json()["ads"]) == 5
+                assert {a["provenance"] for a in r1.json()["ads"]} == {"fallback"}
+            g = stub.Retrieve(pb.RetrieveRequest(user_id=user, k=5), timeout=5)
+            assert not g.list_hit and len(g.ads) == 5
+            assert "leadre_mixer_degraded_total 4.0" in http.get("/metrics").text
+            proxy.delay = 0.0
+            t0 = time.monotonic()
+            while not http.post("/v1/retrieve", json=body).json()["list_hit"]:
+                assert time.monotonic() - t0 < 5, "no recovery within 5 s"
+                time.sleep(0.1)
+    finally:
+        bg.run(proc.stop(0.5))
+        proxy.close()
+        r.close()
+
+
 @pytest.fixture
 def settings() -> Iterator[Settings]:
     """Shared-Redis tests of this module use db 15 (flushed before and after)."""
@@ -475,26 +528,35 @@ def _failures(w: NearlineWorker, url: str) -> int:
 def test_a_killed_inference_instance_moves_the_traffic_to_the_other(
         settings: Settings, rds: redis.Redis, user_server: str, tritons: Tritons, svc_world,
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Under a steady replay both instances serve the worker; instance 1 is SIGKILLed (its
-    whole process group, tritonserver included) at a seeded random moment. Calls that hit
-    it fail at once and are retried on instance 0; once its heartbeat is stale it is not
-    tried any more. No batch fails, nothing is dead-lettered, every list is fresh."""
-    from services.nearline.run import triton_client
+    """Under a steady replay both instances serve the worker; instance 1 (its answers held
+    0.3 s by a proxy, so a batch is in flight on it for that long) is SIGKILLed — its whole
+    process group, tritonserver included — while a batch is in flight on it. The batch fails
+    at once and is retried on instance 0; the worker's in-flight count for instance 1 goes
+    back to 0; once its heartbeat is stale it is not tried any more. No batch fails, nothing
+    is dead-lettered, every list is fresh."""
+    from services.inference.client import TritonRetrievalClient
 
     tritons.ensure()
     users, ads = _replay_setup(settings, rds, svc_world)
     s = _nearline_settings(settings, tritons, tmp_path, worker_name="load", inference_timeout_s=5.0,
                            instance_ttl_s=3.0)  # heartbeats every 0.5 s
     survivor, victim = tritons.urls
-    w, thread = _in_process_worker(s, triton_client(s), tritons)
+    proxy = DelayProxy(victim.removeprefix("grpc://"), delay=0.3)
+    w, thread = _in_process_worker(s, lambda url: TritonRetrievalClient(
+        proxy.addr if url == victim else url, timeout_s=s.inference_timeout_s), tritons)
     served = [tritons.served(i) for i in range(2)]
     replay = Replay(user_server, users, ads, seed=11, per_round=6, every=0.05).start()
     try:
         wait_until(lambda: all(tritons.served(i) > served[i] + 2 for i in range(2)), 60,
                    "both instances serving the worker")
         time.sleep(random.Random(29).uniform(0.1, 1.0))
+        wait_until(lambda: w.balancer.in_flight().get(victim, 0) > 0, 20,
+                   "a batch in flight on instance 1")
         served_before, recorded_before = tritons.served(0), replay.recorded
         tritons.procs[1].kill9()
+        wait_until(lambda: not w.balancer.in_flight().get(victim), 5,
+                   "instance 1's in-flight count back to 0")
+        assert _failures(w, victim) >= 1  # the batch in flight failed there
         time.sleep(s.instance_ttl_s + 1.5)  # heartbeat stale, and the worker re-read them
         gone = _failures(w, victim)
         assert w.balancer.healthy() == [survivor]
@@ -509,6 +571,12 @@ def test_a_killed_inference_instance_moves_the_traffic_to_the_other(
         assert _failures(w, survivor) == 0
         assert not any(r.getMessage() == "batch failed" for r in caplog.records)
         assert not w.failures  # no entry is waiting for a retry
+        wait_until(lambda: not w.balancer.in_flight() and not w.futures, 10, "worker idle")
+        time.sleep(0.5)  # a tick reports the gauges
+        calls = w.m.registry.get_sample_value("leadre_worker_instance_calls_in_flight",
+                                              {"instance": victim})
+        assert calls == 0.0 and w.m.registry.get_sample_value("leadre_worker_in_flight_users") == 0
     finally:
+        proxy.close()
         w.stop()
         thread.join(30)
