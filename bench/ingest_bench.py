@@ -20,6 +20,13 @@ appends), then consumed by nearline workers. One ``name: value`` a line:
   events_lost              recorded behaviours without a stream entry, plus users whose list
                            misses their last event once the workers are done
   pending_after            stream entries left un-acked
+  redis_bytes_per_user     MEMORY USAGE of every key of a user (profile, history, seq, list,
+                           list version, fallback inputs), mean over 200 users once the
+                           workers are done (the synthetic world's histories)
+  stream_bytes_per_event   MEMORY USAGE of the partition streams per entry
+  worker_cpu_ms_per_refresh  CPU of this process (the workers' threads, the sampler) while
+                           consuming, per list written: the worker's own cost of a refresh
+                           (snapshot read, prompt, write, acks), inference not included
 
     python bench/ingest_bench.py [--users 2000] [--events 20000] [--workers 2]
 
@@ -177,9 +184,9 @@ def stream_check(r: redis.RedisCluster, cluster: LocalCluster, s: Settings,
 
 
 def consume(s: Settings, r: redis.RedisCluster, vdir: Path, users: list[str], n_workers: int,
-            timeout_s: float) -> tuple[float, int, int]:
+            timeout_s: float) -> tuple[float, int, int, float]:
     """Workers (threads) until every list is fresh: (seconds, list version decreases
-    sampled, entries left pending)."""
+    sampled, entries left pending, this process's CPU ms per list written)."""
     from services.nearline.worker import NearlineWorker
 
     index = load_index(vdir / "index")
@@ -189,21 +196,29 @@ def consume(s: Settings, r: redis.RedisCluster, vdir: Path, users: list[str], n_
                               lambda: vdir) for i in range(n_workers)]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     sampled = users[:200]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s(os.getpid())
     with VersionSampler(redis_client(s, decode_responses=False), sampled, every=0.1) as sampler:
         for t in threads:
             t.start()
         deadline = time.monotonic() + timeout_s
         while stale_users(r, users) and time.monotonic() < deadline:
             time.sleep(0.5)
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, cpu_s(os.getpid()) - cpu0
         for w in workers:
             w.stop()
         for t in threads:
             t.join(60)
+    written = sum(w.m.registry.get_sample_value("leadre_worker_list_writes_total",
+                                                {"result": "written"}) or 0 for w in workers)
     pending = sum(r.xpending(stream, keys.WORKER_GROUP)["pending"]
                   for stream, _ in keys.behavior_streams(s.behavior_partitions))
-    return took, len(sampler.decreases), pending
+    return took, len(sampler.decreases), pending, 1000 * cpu / max(1.0, written)
+
+
+def bytes_per_user(r: redis.RedisCluster, users: list[str]) -> float:
+    parts = ("profile", "hist", "seq", "l", "adv", "list", "lv", "fb")
+    total = sum(r.memory_usage(keys.user_key(u, part)) or 0 for u in users for part in parts)
+    return total / len(users)
 
 
 def main() -> None:
@@ -248,7 +263,8 @@ def main() -> None:
                 continue
             deviation, violations, missing, per_user = stream_check(r, cluster, s, seq0)
             active = sorted(per_user)  # users without an event have no list to wait for
-            took, decreases, pending = consume(s, r, vdir, active, a.workers, a.timeout)
+            took, decreases, pending, cpu_ms = consume(s, r, vdir, active, a.workers, a.timeout)
+            figures["worker_cpu_ms_per_refresh"] = f"{cpu_ms:.2f}  # stand-in inference"
             stale = len(stale_users(r, active))
             figures["partition_max_share_deviation"] = f"{deviation:.4f}"
             figures["order_violations"] = str(violations + decreases)
@@ -256,6 +272,10 @@ def main() -> None:
             figures["pending_after"] = str(pending)
             figures["users_with_events"] = str(len(per_user))
             figures["consume_s"] = f"{took:.1f}  # {a.workers} workers, stand-in inference"
+            figures["redis_bytes_per_user"] = f"{bytes_per_user(r, active[:200]):.0f}"
+            n_entries = sum(per_user.values())
+            stream_bytes = sum(r.memory_usage(st) or 0 for st, _ in keys.behavior_streams(3))
+            figures["stream_bytes_per_event"] = f"{stream_bytes / n_entries:.0f}"
             figures["xadd_per_s_one_master"] = f"{xadd_rate(cluster, keys.behavior_streams(3)[0][0]):.0f}"
         r.close()
     finally:

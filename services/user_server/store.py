@@ -320,17 +320,25 @@ class UserStore:
         results = await self._durably(pipe, [keys.user_key(b.user_id, "seq") for b in behaviors])
         pipe = self.r.pipeline(transaction=False)
         added, streams = [], keys.behavior_streams(self.s.behavior_partitions)
+        # Durable mode emits an event for a behaviour recorded before too: a client retrying
+        # after UNAVAILABLE may find its history write replicated but its event lost with
+        # the master (at least once: a duplicate event only recomputes a list).
+        emitted = []
         for b, (seq, new) in zip(behaviors, results):
-            if new:
+            if new or self.s.durable_replicas:
                 event = BehaviorEvent.of(b, int(seq), tier[b.user_id])
                 stream = streams[keys.partition_of(b.user_id, len(streams))][0]
                 pipe.xadd(stream, event.to_fields(),
                           maxlen=self.s.behavior_stream_maxlen, approximate=True)
+                emitted.append(stream)
             added.append(bool(new))
-        ids = iter(await self._durably(pipe, [streams[keys.partition_of(b.user_id, len(streams))][0]
-                                              for b, new in zip(behaviors, added) if new]))
+        ids = iter(await self._durably(pipe, emitted))
         await self.refresh_fallback_inputs([b.user_id for b, new in zip(behaviors, added) if new])
-        return [next(ids) if new else "" for new in added]
+        out = []
+        for new in added:  # "" for a behaviour recorded before, even when it got an event
+            event_id = next(ids) if new or self.s.durable_replicas else ""
+            out.append(event_id if new else "")
+        return out
 
     async def _durably(self, pipe: Any, written: Sequence[str]) -> list[Any]:
         """Execute ``pipe``; with ``durable_replicas`` n > 0, a WAIT n is sent after the
