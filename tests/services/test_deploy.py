@@ -44,3 +44,22 @@ def test_gpu_overlay_puts_inference_and_daily_on_a_gpu() -> None:
         else:
             assert c["image"] == _pod_spec(base[key])["containers"][0]["image"]
     assert on_gpu == {"inference", "leadre-daily"}
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+def test_100m_overlay_has_the_capacity_pages_sizes() -> None:
+    """deploy/k8s-100m renders with the sizes docs/capacity.md derives, one behaviour
+    partition per Redis master, and the init job joining every Redis pod."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _render("k8s-100m")}
+    replicas = {name: docs[(kind, name)]["spec"]["replicas"] for kind, name in docs
+                if kind in ("Deployment", "StatefulSet")}
+    assert replicas == {"redis-cluster": 18, "mixer": 180, "user-server": 18, "worker": 489,
+                        "inference": 454}
+    page = (ROOT / "docs" / "capacity.md").read_text()
+    for n in ("180 replicas", "18 replicas", "489 worker pods", "454 pods", "9 masters + 9 replicas"):
+        assert n in page, n
+    settings = docs[("ConfigMap", "leadre-settings")]["data"]
+    assert int(settings["LEADRE_BEHAVIOR_PARTITIONS"]) == replicas["redis-cluster"] // 2
+    assert settings["LEADRE_DURABLE_REPLICAS"] == "1"
+    init = _pod_spec(docs[("Job", "redis-cluster-init")])["containers"][0]["args"][0]
+    assert f"seq 0 {replicas['redis-cluster'] - 1}" in init
