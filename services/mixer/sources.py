@@ -14,6 +14,7 @@ ad updates) either way.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,12 +92,26 @@ def _redis_down_is_unavailable(timeouts: bool = True) -> Iterator[None]:
 class RedisSource:
     def __init__(self, settings: Settings) -> None:
         self.store = us.UserStore(settings)
+        # The read lane (one node) times out by itself; redis-py's cluster client retries
+        # through a failover for as long as it takes, so the deadline is set here.
+        self.deadline_s = settings.mixer_timeout_s if self.store.lane is None else None
+
+    async def _list(self, user_id: str, k: int, fallback_k: int, advertisers: bool
+                    ) -> us.ListResult:
+        if self.deadline_s is None:
+            return await self.store.get_list(user_id, k, fallback_k, advertisers)
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await self.store.get_list(user_id, k, fallback_k, advertisers)
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError(
+                f"no answer within {self.deadline_s:g}s") from None
 
     async def get_list(self, user_id: str, k: int, fallback_k: int,
                        advertisers: bool = True) -> UserLists:
         try:
             with _redis_down_is_unavailable(timeouts=False):
-                res = await self.store.get_list(user_id, k, fallback_k, advertisers)
+                res = await self._list(user_id, k, fallback_k, advertisers)
         except redis.exceptions.TimeoutError as exc:
             # Redis answered nothing within mixer_timeout_s (the read lane's deadline): the
             # request still gets an answer in time, the catalog-wide fallback as last read.
