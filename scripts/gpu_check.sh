@@ -39,7 +39,8 @@ QUICK=${QUICK:-0}
 LOGS=${OUT:-/tmp/gpu-check}
 mkdir -p "$LOGS"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" > /dev/null; then
+# The wheels are for the GPU image (Python 3.12); a CPU dry run uses the local venv as is.
+if [[ "$DEVICE" != cpu ]] && compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || { echo "wheel_install: failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
