@@ -68,6 +68,7 @@ class Memoized:
     def __init__(self, inner: Retriever, k_min: int = 20, keep: int = 16) -> None:
         self.inner, self.k_min, self.keep = inner, k_min, keep
         self._lists: dict[tuple, tuple[int, list[list[str]]]] = {}
+        self._data: EvalData | None = None
 
     @property
     def name(self) -> str:
@@ -83,14 +84,18 @@ class Memoized:
 
     @property
     def data(self) -> EvalData | None:
-        return getattr(self.inner, "data", None)
+        """The split it was last fitted on (combinations fit only what is not)."""
+        return self._data
 
     @property
     def info(self) -> dict:
         return dict(getattr(self.inner, "info", {}) or {})
 
     def fit_eval(self, data: EvalData) -> None:
+        if data is self._data:  # already fitted on this split: keep the lists
+            return
         self._lists.clear()
+        self._data = data
         if isinstance(self.inner, Trainable):
             self.inner.fit_eval(data)
 

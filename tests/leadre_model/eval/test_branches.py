@@ -94,10 +94,17 @@ def test_memoized_branch_decodes_once_for_itself_and_its_combinations() -> None:
     for c in combos:
         c.recommend(CASES, 20)
     assert ml.recommend(CASES, 1) == [["x"], ["x"]]  # cut from the kept lists
-    assert lead.calls == cf.calls == 1
+    split = object()
+    ml.fit_eval(split)  # type: ignore[arg-type]
+    ml.recommend(CASES, 20)
+    assert lead.calls == 2  # a new split: decoded again
+    for c in combos:  # the harness fits combinations after their branches: no refit
+        c.fit_eval(split)  # type: ignore[arg-type]
+        c.recommend(CASES, 20)
+    assert lead.calls == 2 and cf.calls == 2
     combos[0].exclude_seen = True  # reaches the branches, and a new key decodes again
     assert lead.exclude_seen and cf.exclude_seen
     ml.recommend(CASES, 20)
-    assert lead.calls == 2
+    assert lead.calls == 3
     with pytest.raises(ValueError):
         branch_retrievers("itemcf|sasrec", {"itemcf": mc})
