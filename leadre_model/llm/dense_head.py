@@ -7,7 +7,12 @@ the last token of a prompt), a query vector scored against a vector of **every**
 full-softmax cross-entropy, as SASRec-CE is trained. An ad's vector is the sum of one
 trained vector per S-ID code (level by level) plus, with ``id_table``, a trained vector of
 its own: an ad added after training has no row in that table (zero) and is still scored
-through its codes, so new ads stay reachable.
+through its codes, so new ads stay reachable. With ``id_input`` the same id vector is also
+added to the input embedding of the last S-ID token of every indexed ad in the token stream
+(input and output tables tied, as SASRec ties them): S-ID codes are shared by many ads, the
+id vector is what lets the model memorise an ad's own co-occurrences. Prompts are encoded
+in one call, so their ads are complete; single decode steps never are (outputs get none),
+and a new ad adds nothing (no row), so cold start still goes through the codes.
 
 Training: two forward hooks, so the model stays a plain Hugging Face causal LM for TRL and
 the decoder — one on the backbone keeps the last hidden states, one on the model adds the
@@ -38,7 +43,7 @@ from leadre_model.llm.model import DENSE_HEAD_MODULE, DenseHeadSettings
 from leadre_model.llm.sid_windows import SidWindows
 
 MODULE = DENSE_HEAD_MODULE
-CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank"}
+CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank", "weight", "id_input"}
 Rerank = Literal["off", "dense", "mix", "full"]
 
 
@@ -46,9 +51,10 @@ class DenseHead(torch.nn.Module):
     """Query map, code and ad-id tables (saved) and the index's code table (not saved)."""
 
     def __init__(self, hidden: int, level_sizes: Sequence[int], ids: int,
-                 rerank: Rerank = "mix", weight: float = 1.0) -> None:
+                 rerank: Rerank = "mix", weight: float = 1.0, id_input: bool = False) -> None:
         super().__init__()
         self.level_sizes, self.rerank, self.weight = list(level_sizes), rerank, weight
+        self.id_input = id_input and ids > 0
         self.query = torch.nn.Linear(hidden, hidden, bias=False)
         self.codes = torch.nn.Embedding(sum(level_sizes), hidden)
         self.ids = torch.nn.Embedding(ids, hidden) if ids else None
@@ -87,6 +93,21 @@ class DenseHead(torch.nn.Module):
             n = min(self.ids.num_embeddings, len(vec))
             vec = torch.cat([vec[:n] + self.ids.weight[:n], vec[n:]])
         return vec * self.fits.unsqueeze(1).to(vec.dtype)
+
+    def input_vectors(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, hidden) id vectors to add to the input embeddings of ``input_ids`` (at
+        the last token of each complete S-ID of an ad with a row), None when there is none."""
+        if not self.id_input or self.ids is None:
+            return None
+        hit = self.windows.find(input_ids)
+        if hit is None:
+            return None
+        found, rows = hit
+        known = found & (rows < self.ids.num_embeddings)
+        vec = self.ids(rows.clamp(max=self.ids.num_embeddings - 1))
+        vec = vec * known.unsqueeze(-1).to(vec.dtype)
+        pad = vec.new_zeros(vec.shape[0], self.windows.levels - 1, vec.shape[2])
+        return torch.cat([pad, vec], dim=1)
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, ads) dense scores of last hidden states (B, hidden)."""
@@ -137,11 +158,22 @@ def _add_loss(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     return out
 
 
+def _add_ids(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+    head = module.leadre_dense_head_owner  # type: ignore[attr-defined]
+    add = head.input_vectors(args[0]) if args else None
+    return out if add is None else out + add.to(out.dtype)
+
+
 def _install(model: PreTrainedModel, head: DenseHead) -> None:
     model.add_module(MODULE, head)
     object.__setattr__(model.base_model, "leadre_dense_head_owner", head)
     model.base_model.register_forward_hook(_keep_hidden)
     model.register_forward_hook(_add_loss, with_kwargs=True)
+    if head.id_input:
+        emb = model.get_input_embeddings()
+        object.__setattr__(emb, "leadre_dense_head_owner", head)
+        # prepended: the embedding dropout hook (llm/model.py) then drops the sum, ids included
+        emb.register_forward_hook(_add_ids, prepend=True)
 
 
 def attach_dense_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -150,13 +182,14 @@ def attach_dense_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     model's config so :func:`restore_dense_head` puts it back after loading."""
     hidden = model.get_input_embeddings().weight.shape[1]
     ids = len(index) if cfg.id_table else 0
-    head = DenseHead(hidden, index.level_sizes, ids, cfg.rerank, cfg.weight)
+    head = DenseHead(hidden, index.level_sizes, ids, cfg.rerank, cfg.weight, cfg.id_input)
     head.reset(seed)
     head.to(model.get_input_embeddings().weight.device)
     head.set_table(tokenizer, index)
     _install(model, head)
     model.config.update({CONFIG_KEY: {"level_sizes": list(index.level_sizes), "ids": ids,
-                                      "rerank": cfg.rerank, "weight": cfg.weight}})
+                                      "rerank": cfg.rerank, "weight": cfg.weight,
+                                      "id_input": head.id_input}})
     return head
 
 
@@ -172,7 +205,8 @@ def restore_dense_head(model: PreTrainedModel, model_dir: str | Path,
     if not spec:
         return None
     hidden = model.get_input_embeddings().weight.shape[1]
-    head = DenseHead(hidden, spec["level_sizes"], spec["ids"], spec["rerank"], spec["weight"])
+    head = DenseHead(hidden, spec["level_sizes"], spec["ids"], spec["rerank"], spec["weight"],
+                     bool(spec.get("id_input", False)))
     state: dict[str, torch.Tensor] = {}
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:

@@ -65,6 +65,15 @@ class DenseHeadSettings(StrictConfig):
                            "index beside its code vectors (new ads: codes only)")
     rerank: Literal["off", "dense", "mix", "full"] = Field(
         default="mix", description="how retrieval uses the head (llm/dense_head.py)")
+    id_input: bool = Field(default=False, description="also add each prompt ad's id vector "
+                           "(the same table the head scores with, tied as in SASRec) at the "
+                           "last token of its S-ID; needs id_table")
+
+    @model_validator(mode="after")
+    def _id_input_needs_ids(self) -> DenseHeadSettings:
+        if self.id_input and not self.id_table:
+            raise ValueError("dense_head.id_input needs id_table (the vectors it adds)")
+        return self
 
 
 class LLMConfig(StrictConfig):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,19 @@ _CPU_90M = _CPU.model_copy(update={
 _CPU_90M_DENSE = _CPU_90M.model_copy(update={
     "llm": _CPU_90M.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="full")})})
 
+# cpu-90m-dense with the head's ad-id vectors also added at the input (tied, as SASRec ties
+# its item embeddings; llm/dense_head.py `id_input`): S-ID codes are shared by many ads, the
+# id vector lets the model memorise an ad's own co-occurrences. Model selection every epoch
+# on 5,000 validation users by the dense top-10 alone (no beam search: seconds a round), so
+# the epoch count is chosen per catalog by validation, not fixed. Measured on amazon-toys
+# and amazon-sports: docs/results/*/cpu-90m-tied.
+_CPU_90M_TIED = _CPU_90M.model_copy(update={
+    "llm": _CPU_90M.llm.model_copy(update={
+        "dense_head": DenseHeadSettings(rerank="full", id_input=True)}),
+    "validation": _CPU_90M.validation.model_copy(update={
+        "users": 5000, "every_epochs": 1.0, "patience": 3, "every_use": False}),
+})
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
     "cpu": _CPU,
@@ -105,6 +119,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # real catalogs (amazon-toys: 19,412 users), ≤ 90 min on 2 cores, validation-selected
     "cpu-90m": _CPU_90M,
     "cpu-90m-dense": _CPU_90M_DENSE,
+    "cpu-90m-tied": _CPU_90M_TIED,
     # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
     "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
     # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
@@ -139,6 +154,10 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 
 def _tasks(curriculum: str) -> list[str]:
     return sorted({t for stage in parse_curriculum(curriculum) for t in stage})
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def cap_samples(samples: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
@@ -200,7 +219,8 @@ def train_leadre(
         valid = cap_samples(build_samples(world, index, cfg.prompts, ["main"], "valid"),
                             cfg.validation.users, cfg.sft.seed)
         selector = BestOnValidation(SidValidator(index, valid, cfg.validation, trie),
-                                    cfg.validation, tokenizer)
+                                    cfg.validation, tokenizer,
+                                    report=_stderr_line if progress else None)
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -53,13 +53,46 @@ def test_targets_are_scored_at_the_position_before_their_first_labelled_sid(
     torch.testing.assert_close(with_head, plain + head.last_loss / tokens, rtol=1e-4, atol=1e-4)
 
 
+def test_id_input_adds_each_ads_own_vector_at_the_end_of_its_sid(small_index: Path) -> None:
+    index = load_index(small_index)
+    model, tok = _model(index, id_input=True)
+    head = dense_head_of(model)
+    with torch.no_grad():
+        head.ids.weight.normal_()
+    word = tok("a user", add_special_tokens=False)["input_ids"]
+    first = tok(index.sid(3), add_special_tokens=False)["input_ids"]
+    second = tok(index.sid(7), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([word + first + word + second])
+    add = head.input_vectors(ids)[0]
+    ends = {len(word) + len(first) - 1: 3, len(ids[0]) - 1: 7}
+    for pos in range(ids.shape[1]):
+        want = head.ids.weight[ends[pos]] if pos in ends else torch.zeros(CFG.hidden_size)
+        torch.testing.assert_close(add[pos], want)
+    # it reaches the model's input embeddings; plain token embeddings elsewhere
+    model.eval()
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(ids)[0]
+        plain = model.get_input_embeddings().weight[ids[0]]
+    torch.testing.assert_close(emb, plain + add)
+    # a decode step (one token) and a cut-short S-ID get nothing; an ad without a row
+    # (added after training) gets nothing either: new ads go through their codes
+    assert head.input_vectors(ids[:, -1:]) is None
+    assert head.input_vectors(torch.tensor([word + first[:-1]])) is None
+    head.ids = torch.nn.Embedding(3, CFG.hidden_size)
+    assert head.input_vectors(torch.tensor([word + first])).abs().sum() == 0
+    # without the id table there is nothing to tie
+    with pytest.raises(ValueError, match="id_table"):
+        DenseHeadSettings(id_input=True, id_table=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_world_index, tmp_path_factory):  # type: ignore[no-untyped-def]
     world, index_dir = tiny_world_index
     root = tmp_path_factory.mktemp("dense")
     base = TRAIN_PRESETS["cpu"]
     cfg = base.model_copy(update={
-        "llm": base.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="dense")}),
+        "llm": base.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="dense",
+                                                                        id_input=True)}),
         "seq": base.seq.model_copy(update={"epochs": 3, "logging_steps": 1}),
         "validation": ValidationConfig(users=20, every_epochs=1.5)})
     summary = train_leadre(world, index_dir, root / "model", cfg, progress=False)
@@ -71,7 +104,7 @@ def test_trl_training_trains_the_head_and_it_survives_save_and_load(trained) -> 
     index = load_index(index_dir)
     sid = SidRetriever.from_dirs(model_dir, index_dir)
     head = dense_head_of(sid.model)
-    assert head is not None and head.rerank == "dense"
+    assert head is not None and head.rerank == "dense" and head.id_input
     # trained: the query map moved away from its identity init
     assert not torch.allclose(head.query.weight, torch.eye(head.query.in_features))
     # validation rounds score the model with every use of its head and select by its own
@@ -114,3 +147,23 @@ def test_retrieval_reranks_the_beam_by_the_head(trained) -> None:  # type: ignor
         ~torch.as_tensor(index.active), float("-inf")).topk(5).indices.tolist()
     assert int(scores[0].argmax()) not in {h.row for h in full[0]}
     assert getattr(sid.model, MODULE) is dense_head_of(sid.model)
+
+
+def test_validation_by_the_head_alone_scores_as_it_retrieves_and_reports(trained) -> None:  # type: ignore[no-untyped-def]
+    from leadre_model.train.validate import BestOnValidation, SidValidator
+
+    world, index_dir, model_dir, cfg, _ = trained
+    index = load_index(index_dir)
+    sid = SidRetriever.from_dirs(model_dir, index_dir)
+    dense_head_of(sid.model).rerank = "full"
+    samples = build_samples(world, index, cfg.prompts, ["main"], "valid")[:30]
+    vcfg = ValidationConfig(users=30, every_use=False)
+    validator = SidValidator(index, samples, vcfg)
+    lines: list[str] = []
+    selector = BestOnValidation(validator, vcfg, sid.tokenizer, report=lines.append)
+    selector._round(sid.model, 1.0)
+    assert validator.extra == {}  # no other use of the head was scored (no beam search)
+    hits = sid.retrieve([s["prompt"] for s in samples], 20, top_k=10)
+    want = sum(s["target_ad"] in set(a) for s, a in zip(samples, sid.ad_ids(hits))) / 30
+    assert selector.history[0]["valid_recall@10"] == want
+    assert len(lines) == 1 and f"Recall@10 {want:.4f} on 30 users" in lines[0]

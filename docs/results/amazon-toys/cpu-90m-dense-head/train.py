@@ -16,6 +16,6 @@ if len(sys.argv) > 5:
     cfg = cfg.model_copy(update={"validation": cfg.validation.model_copy(
         update={"time_budget_s": float(sys.argv[5]) * 60})})
 t0 = time.time()
-summary = train_leadre(world, index, out, cfg, progress=False)
+summary = train_leadre(world, index, out, cfg, progress=True)
 print(json.dumps({"wall_s": time.time() - t0, "timings": summary["timings"],
                   "validation": summary.get("validation")}))
