@@ -103,11 +103,8 @@ class DenseHead(torch.nn.Module):
         if hit is None:
             return None
         found, rows = hit
-        known = found & (rows < self.ids.num_embeddings)
-        vec = self.ids(rows.clamp(max=self.ids.num_embeddings - 1))
-        vec = vec * known.unsqueeze(-1).to(vec.dtype)
-        pad = vec.new_zeros(vec.shape[0], self.windows.levels - 1, vec.shape[2])
-        return torch.cat([pad, vec], dim=1)
+        n = self.ids.num_embeddings
+        return self.windows.at_last_tokens(self.ids(rows.clamp(max=n - 1)), found & (rows < n))
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, ads) dense scores of last hidden states (B, hidden)."""

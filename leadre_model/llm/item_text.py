@@ -65,9 +65,7 @@ class ItemTextInput(torch.nn.Module):
         if hit is None:
             return None
         found, rows = hit
-        vec = self.proj(self.text[rows]) * found.unsqueeze(-1).to(self.text.dtype)
-        pad = vec.new_zeros(vec.shape[0], self.windows.levels - 1, vec.shape[2])
-        return torch.cat([pad, vec], dim=1)
+        return self.windows.at_last_tokens(self.proj(self.text[rows]), found)
 
 
 def _hook(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:

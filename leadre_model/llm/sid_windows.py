@@ -73,5 +73,12 @@ class SidWindows(torch.nn.Module):
         pos = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
         return ok & (self.keys[pos] == key), self.rows[pos]
 
+    def at_last_tokens(self, vec: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Per-window vectors ``vec`` (B, W, H) where ``keep`` (B, W), zero elsewhere, moved
+        to the token each window ends at: (B, W + levels - 1, H), aligned with the ids."""
+        vec = vec * keep.unsqueeze(-1).to(vec.dtype)
+        pad = vec.new_zeros(vec.shape[0], self.levels - 1, vec.shape[2])
+        return torch.cat([pad, vec], dim=1)
+
 
 __all__ = ["SidWindows"]

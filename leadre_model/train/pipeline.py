@@ -101,9 +101,9 @@ _CPU_90M_DENSE = _CPU_90M.model_copy(update={
 # cpu-90m-dense with the head's ad-id vectors also added at the input (tied, as SASRec ties
 # its item embeddings; llm/dense_head.py `id_input`): S-ID codes are shared by many ads, the
 # id vector lets the model memorise an ad's own co-occurrences. Model selection every epoch
-# on 5,000 validation users by the dense top-10 alone (no beam search: seconds a round), so
-# the epoch count is chosen per catalog by validation, not fixed. Measured on amazon-toys
-# and amazon-sports: docs/results/*/cpu-90m-tied.
+# on 5,000 validation users by the dense top-10 alone (no beam search), so the epoch count
+# is chosen per catalog by validation, not fixed. Measured on amazon-toys (amazon-sports not
+# yet): docs/results/amazon-toys/cpu-90m-tied.
 # Dropout 0.3 (SASRec's) and a 12-epoch cosine: with 0.1 over 20 epochs it memorised its
 # users' rows (validation 0.0648, test 0.0486); with these, test 0.0544.
 _CPU_90M_TIED = _CPU_90M.model_copy(update={
