@@ -103,6 +103,10 @@ class LLMConfig(StrictConfig):
     dropout: float = Field(default=0.0, ge=0, lt=1, description="training-time dropout on the "
                            "input embeddings and attention weights (Qwen2 has no hidden "
                            "dropout; SASRec's strong regulariser on small data)")
+    hidden_dropout: float = Field(default=0.0, ge=0, lt=1, description="training-time dropout "
+                                  "on every block's attention and MLP outputs before they join "
+                                  "the residual stream (GPT-2's resid_pdrop; SASRec drops out "
+                                  "inside every block, Qwen2 has none of its own)")
     dense_head: DenseHeadSettings | None = Field(
         default=None, description="a dense retrieval head beside the S-ID head, trained with "
         "full-softmax CE over all ads, used at retrieval (llm/dense_head.py)")
@@ -158,6 +162,8 @@ def build_model(
         model.name_or_path = "tiny"
         if cfg.dropout:
             embedding_dropout(model, cfg.dropout)
+        if cfg.hidden_dropout:
+            residual_dropout(model, cfg.hidden_dropout)
     else:
         path = Path(cfg.base)
         if not path.is_dir():
@@ -180,6 +186,18 @@ def embedding_dropout(model: PreTrainedModel, p: float) -> None:
     plain checkpoint, and eval mode turns it off)."""
     emb = model.get_input_embeddings()
     emb.register_forward_hook(lambda m, _args, out: torch.nn.functional.dropout(out, p, m.training))
+
+
+def residual_dropout(model: PreTrainedModel, p: float) -> None:
+    """Dropout on each decoder block's attention and MLP outputs while training, the two
+    branches added to the residual stream (forward hooks, as :func:`embedding_dropout`)."""
+    def drop_first(m: torch.nn.Module, _args: Any, out: Any) -> Any:
+        return (torch.nn.functional.dropout(out[0], p, m.training), *out[1:])
+
+    for layer in model.base_model.layers:
+        layer.self_attn.register_forward_hook(drop_first)  # (attn_output, attn_weights)
+        layer.mlp.register_forward_hook(
+            lambda m, _args, out: torch.nn.functional.dropout(out, p, m.training))
 
 
 def with_lora(model: PreTrainedModel, cfg: LoraSettings, token_ids: Sequence[int]) -> PreTrainedModel:

@@ -14,7 +14,11 @@ are those of :mod:`leadre_model.train.sft`:
   whole train history in compact form with the loss on the S-ID of *every* train target
   (``loss_mask``: one '0'/'1' per token). As SASRec trains, every target is predicted
   from the behaviours before it, in one forward pass per user. Valid/test samples are
-  the ``main`` ones (the prompt ends where the next ad's S-ID would start).
+  the ``main`` ones (the prompt ends where the next ad's S-ID would start). The row's
+  interest summary counts the whole history, so every position sees the categories of
+  its own later targets, which a served prompt never does: ``cpu-90m-tied`` drops the
+  summary (``include_summary=False``; amazon-toys, docs/results/amazon-toys/
+  cpu-90m-tied-nosummary); the synthetic presets keep it until measured there.
 * ``lm``   behaviour-sequence language modelling: one row per user, the main-task prompt of
   the user's latest train target followed by its S-ID, trained with the loss on *every*
   token (:func:`leadre_model.train.sft.train_stage`). A pretrained LLM brings a language

@@ -361,3 +361,22 @@ def test_dropout_acts_in_training_only():
     model.eval()
     assert torch.equal(model(x).logits, model(x).logits)
     assert model.config.attention_dropout == 0.3
+
+
+def test_hidden_dropout_acts_in_training_only():
+    """LLMConfig.hidden_dropout: every block's attention and MLP outputs are dropped in
+    train mode only; with it alone (no embedding dropout) training is stochastic."""
+    from leadre_model.llm.tokenizer import train_tokenizer
+
+    model, _ = build_model(LLMConfig(hidden_size=32, intermediate_size=64, num_layers=2,
+                                     hidden_dropout=0.5), train_tokenizer([], [4, 4]))
+    x = torch.tensor([[1, 2, 3]])
+    seen: list[torch.Tensor] = []
+    model.base_model.layers[1].mlp.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    model.train()
+    out = model(x).logits
+    assert (seen[-1] == 0).float().mean() > 0.2  # the MLP branch itself is dropped
+    assert not torch.allclose(out, model(x).logits)
+    model.eval()
+    assert torch.equal(model(x).logits, model(x).logits)
+    assert (seen[-1] != 0).all()

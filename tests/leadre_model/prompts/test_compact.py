@@ -173,3 +173,26 @@ def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
         for h in hs:
             by_prefix.setdefault(h.codes[:-1], set()).add(round(h.logprob, 5))
         assert all(len(v) == 1 for v in by_prefix.values())
+
+
+def test_real_catalog_preset_has_no_summary_to_leak(small_index, world):
+    """A `seq` row's summary counts the whole row, so its head names categories of
+    behaviours (targets among them) the row has not reached yet; `cpu-90m-tied` drops it,
+    in training rows and served prompts alike."""
+    from leadre_model.prompts.compact import SUMMARY
+    from leadre_model.train.pipeline import TRAIN_PRESETS
+
+    index = load_index(small_index)
+    leaky = CFG.model_copy(update={"token_budget": 5000, "summary_top_n": 50})
+    rows = build_samples(world, index, leaky, ["seq"], "train")
+
+    def ahead(units: list[str]) -> set[str]:  # head categories not in the first behaviours
+        seq = units.index("<|seq|>")
+        return {u for u in units[:seq] if u.startswith("<cat_")} - set(units[seq:seq + 6])
+
+    assert any(ahead(split_units(s["prompt"])) for s in rows)
+
+    shipped = TRAIN_PRESETS["cpu-90m-tied"].prompts
+    for split, task in (("train", "seq"), ("test", "main")):
+        samples = build_samples(world, index, shipped, [task], split)
+        assert samples and all(SUMMARY not in split_units(s["prompt"]) for s in samples)
