@@ -109,7 +109,7 @@ _CPU_90M_DENSE = _CPU_90M.model_copy(update={
 # No interest summary: a `seq` row is one forward pass over the user's whole train history,
 # so a summary at its head counts the categories of every target the row predicts, and each
 # position sees its own future (at serving time the summary only holds the past). Without
-# it (SASRec has none): docs/results/amazon-toys/cpu-90m-tied-nosummary.
+# it (SASRec has none) test 0.0630 ± 0.0034: docs/results/amazon-toys/cpu-90m-tied-nosummary.
 _CPU_90M_TIED = _CPU_90M.model_copy(update={
     "prompts": _COMPACT_PROMPTS.model_copy(update={"include_summary": False}),
     "llm": _CPU_90M.llm.model_copy(update={
