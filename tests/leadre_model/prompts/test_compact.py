@@ -176,21 +176,24 @@ def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
 
 
 def test_real_catalog_preset_has_no_summary_to_leak(small_index, world):
-    """A `seq` row's summary counts the whole row, so its head names categories of
-    behaviours (targets among them) the row has not reached yet; `cpu-90m-tied` drops it,
+    """A `seq` row's summary counts the whole row: it is the summary of the validation
+    prompt, whose history holds every target the row trains on. `cpu-90m-tied` drops it,
     in training rows and served prompts alike."""
-    from leadre_model.prompts.compact import SUMMARY
+    from leadre_model.prompts.compact import SEQUENCE, SUMMARY
     from leadre_model.train.pipeline import TRAIN_PRESETS
 
     index = load_index(small_index)
-    leaky = CFG.model_copy(update={"token_budget": 5000, "summary_top_n": 50})
-    rows = build_samples(world, index, leaky, ["seq"], "train")
+    leaky = CFG.model_copy(update={"token_budget": 5000})
 
-    def ahead(units: list[str]) -> set[str]:  # head categories not in the first behaviours
-        seq = units.index("<|seq|>")
-        return {u for u in units[:seq] if u.startswith("<cat_")} - set(units[seq:seq + 6])
+    def heads(split: str, task: str) -> dict[str, list[str]]:
+        samples = build_samples(world, index, leaky, [task], split)
+        return {s["user_id"]: (u := split_units(s["prompt"]))[:u.index(SEQUENCE)]
+                for s in samples}
 
-    assert any(ahead(split_units(s["prompt"])) for s in rows)
+    rows, valid = heads("train", "seq"), heads("valid", "main")
+    assert rows and any(SUMMARY in h for h in rows.values())
+    both = set(rows) & set(valid)
+    assert both and all(rows[u] == valid[u] for u in both)
 
     shipped = TRAIN_PRESETS["cpu-90m-tied"].prompts
     for split, task in (("train", "seq"), ("test", "main")):
