@@ -38,6 +38,9 @@ class SFTStageConfig(StageConfig):
     group_by_length: bool = Field(default=False, description="batch rows of similar length "
                                   "together: far less padding when a few users have long "
                                   "histories (real catalogs)")
+    drop_ads: float = Field(default=0.0, ge=0, lt=1, description="seq stage only: delete each "
+                            "ad behaviour of a row (but its last target) with this probability, "
+                            "drawn anew every batch (train/augment.py)")
 
 
 SFT_PRESETS: dict[str, SFTStageConfig] = {
@@ -99,8 +102,11 @@ def train_stage(
         raise ValueError(f"a {'/'.join(sorted(own))} stage cannot mix in other tasks")
     lm = kinds == {"lm"}
     rows: list[dict[str, Any]]
+    trainer_kwargs: dict[str, Any] = {"callbacks": list(callbacks)} if callbacks else {}
     if kinds == {"seq"}:
         rows = [dense_row_ids(tokenizer, s) for s in samples]
+        if cfg.drop_ads > 0:
+            trainer_kwargs["data_collator"] = _ad_deletion(tokenizer, cfg)
     elif lm:
         rows = [{"text": s["prompt"] + s["completion"]} for s in samples]
     else:
@@ -114,8 +120,19 @@ def train_stage(
         optim="adamw_torch",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         completion_only_loss=not lm,
-        trainer_kwargs={"callbacks": list(callbacks)} if callbacks else None,
+        trainer_kwargs=trainer_kwargs or None,
     )
+
+
+def _ad_deletion(tokenizer: PreTrainedTokenizerBase, cfg: SFTStageConfig) -> Any:
+    """TRL's own collator for pre-tokenized rows, behind random ad deletion."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from leadre_model.train.augment import AdDeletionCollator
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return AdDeletionCollator.for_tokenizer(DataCollatorForLanguageModeling(pad_token_id=pad),
+                                            tokenizer, cfg.drop_ads, cfg.seed)
 
 
 def dense_row_ids(tokenizer: PreTrainedTokenizerBase, sample: Mapping[str, Any]) -> dict[str, list[int]]:
