@@ -12,6 +12,7 @@ restores the best weights at the end. The scores land in the training log.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,10 @@ class ValidationConfig(StrictConfig):
     patience: int = Field(3, ge=1, description="rounds without a gain before stopping")
     time_budget_s: float | None = Field(None, gt=0, description="stop the stage after this "
                                         "many seconds of training (best weights kept)")
+    fit_schedule: bool = Field(False, description="with a time budget: after every round, "
+                               "shorten the learning-rate schedule to the whole epochs that fit "
+                               "the budget at the pace so far, so a large catalog's run ends "
+                               "annealed instead of being cut at a high learning rate")
     batch_size: int = Field(64, ge=1)
     every_use: bool = Field(True, description="a model with a dense head is also scored with "
                             "every other use of its head (each a figure in the log); off: "
@@ -110,6 +115,7 @@ class BestOnValidation(TrainerCallback):
         self.stopped_by = "epochs"
         self._next = cfg.every_epochs
         self._t0 = time.perf_counter()
+        self._stop_at: int | None = None  # the fitted schedule's last step
 
     def _round(self, model: PreTrainedModel, epoch: float) -> None:
         score = self.validator(model, self.tokenizer)
@@ -133,17 +139,37 @@ class BestOnValidation(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
                     **kw: Any) -> Any:
-        over = (self.cfg.time_budget_s is not None
-                and time.perf_counter() - self._t0 > self.cfg.time_budget_s)
+        over = ((self.cfg.time_budget_s is not None
+                 and time.perf_counter() - self._t0 > self.cfg.time_budget_s)
+                or (self._stop_at is not None and state.global_step >= self._stop_at))
         if state.epoch is not None and (state.epoch + 1e-9 >= self._next or over):
             self._next += self.cfg.every_epochs
             self._round(model, state.epoch)
+            if self.cfg.fit_schedule and not over:
+                self._fit_schedule(args, state, kw.get("lr_scheduler"))
             rounds_since = len(self.history) - 1 - self.best_round
             if over:
                 self.stopped_by, control.should_training_stop = "time_budget", True
             elif rounds_since >= self.cfg.patience:
                 self.stopped_by, control.should_training_stop = "early_stopping", True
         return control
+
+    def _fit_schedule(self, args: Any, state: Any, scheduler: Any) -> None:
+        """Shorten the schedule's horizon to the whole epochs the budget holds at the pace
+        so far (validation rounds included); never lengthen it, never before this step."""
+        budget, epoch = self.cfg.time_budget_s, state.epoch
+        if budget is None or not epoch or not state.max_steps:
+            return
+        per_epoch = (time.perf_counter() - self._t0) / epoch
+        epochs = max(int(budget // per_epoch), round(epoch) + 1)
+        steps = state.max_steps / args.num_train_epochs * epochs
+        horizon = _horizon(scheduler)
+        if horizon is not None and steps < horizon:
+            self._stop_at = max(int(steps), state.global_step + 1)
+            _set_horizon(scheduler, self._stop_at)
+            self.history[-1]["schedule_epochs"] = epochs
+            if self.report is not None:
+                self.report(f"schedule fitted to the time budget: {epochs} epochs")
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None,
                      **kw: Any) -> None:
@@ -159,3 +185,18 @@ class BestOnValidation(TrainerCallback):
                 f"best_recall@{self.cfg.k}": self._score(best) if best else -1.0,
                 "stopped_by": self.stopped_by, "rounds": self.history,
                 "users": len(self.validator.targets)}
+
+
+# The HF schedulers are LambdaLRs over functools.partial(..., num_training_steps=N); the
+# horizon is that keyword. Other schedulers have none and are left as they are.
+def _horizon(scheduler: Any) -> int | None:
+    found = [f.keywords["num_training_steps"] for f in getattr(scheduler, "lr_lambdas", [])
+             if isinstance(f, functools.partial) and "num_training_steps" in f.keywords]
+    return min(found) if found else None
+
+
+def _set_horizon(scheduler: Any, steps: int) -> None:
+    scheduler.lr_lambdas = [
+        functools.partial(f.func, *f.args, **{**f.keywords, "num_training_steps": steps})
+        if isinstance(f, functools.partial) and "num_training_steps" in f.keywords else f
+        for f in scheduler.lr_lambdas]

@@ -1,0 +1,79 @@
+"""A time-budgeted stage fits its learning-rate schedule to the budget (train/validate.py
+``fit_schedule``): the cosine reaches its floor at the last whole epoch that fits, and the
+stage stops there instead of running on at a rising rate."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import TrainerControl, get_scheduler
+
+from leadre_model.train.validate import BestOnValidation, ValidationConfig
+
+
+class _Scores:
+    """Validation scores in order (the validator's interface: a call, and its targets)."""
+
+    def __init__(self, *scores: float) -> None:
+        self.scores, self.targets = list(scores), ["t"]
+
+    def __call__(self, model, tokenizer) -> float:
+        return self.scores.pop(0)
+
+
+def _setup(budget: float, fit: bool):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=0, num_training_steps=100,
+                          scheduler_specific_kwargs={"min_lr": 1e-4})
+    cfg = ValidationConfig(every_epochs=1, patience=5, time_budget_s=budget, fit_schedule=fit)
+    cb = BestOnValidation(_Scores(*[0.1 * i for i in range(1, 11)]), cfg, tokenizer=None)
+    args = SimpleNamespace(num_train_epochs=10)  # 10 steps per epoch
+    state = SimpleNamespace(epoch=0.0, global_step=0, max_steps=100)
+    return model, opt, sched, cb, args, state
+
+
+def _run(model, opt, sched, cb, args, state, seconds_per_epoch: float) -> list[float]:
+    """Steps until the callback stops the stage; the clock is moved, not waited for."""
+    lrs = []
+    while state.global_step < state.max_steps:
+        opt.step()
+        sched.step()
+        state.global_step += 1
+        state.epoch = state.global_step / 10
+        cb._t0 = time.perf_counter() - seconds_per_epoch * state.epoch
+        lrs.append(opt.param_groups[0]["lr"])
+        control = cb.on_step_end(args, state, TrainerControl(), model=model, lr_scheduler=sched)
+        if control.should_training_stop:
+            break
+    return lrs
+
+
+def test_the_schedule_ends_annealed_at_the_budget():
+    parts = _setup(budget=355.0, fit=True)  # 100 s per epoch: 3 whole epochs fit, not 10
+    cb, state = parts[3], parts[5]
+    lrs = _run(*parts, seconds_per_epoch=100.0)
+    assert state.global_step == 30  # stopped where the fitted schedule ends
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)  # at the floor, not cut mid-way
+    assert all(a >= b for a, b in itertools.pairwise(lrs))  # never rises again
+    assert cb.history[0]["schedule_epochs"] == 3 and cb.stopped_by == "time_budget"
+
+
+def test_without_fitting_the_budget_cuts_the_schedule_high():
+    parts = _setup(budget=355.0, fit=False)
+    state = parts[5]
+    lrs = _run(*parts, seconds_per_epoch=100.0)
+    assert state.global_step == 36  # the first step past 355 s
+    assert lrs[-1] > 50 * 1e-4  # still far above the floor
+
+
+def test_a_budget_that_holds_every_epoch_leaves_the_schedule_alone():
+    parts = _setup(budget=10_000.0, fit=True)
+    sched, state = parts[2], parts[5]
+    _run(*parts, seconds_per_epoch=100.0)
+    assert state.global_step == 100
+    assert sched.lr_lambdas[0].keywords["num_training_steps"] == 100
