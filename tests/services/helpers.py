@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -212,6 +213,8 @@ class DelayProxy:
                 if not data:
                     break
                 while time.monotonic() < arrived + self.delay:
+                    if client.fileno() < 0:  # severed while holding: the bytes die here
+                        return
                     time.sleep(0.01)
                 client.sendall(data)
         except OSError:
@@ -223,6 +226,17 @@ class DelayProxy:
         for s in socks:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+    def sever(self) -> None:
+        """The instance behind the proxy died with answers it was still holding: every open
+        connection is reset (RST) and what was held is dropped, never delivered. Callers set
+        ``delay`` to infinity first so that nothing slips out before this."""
+        for s in self._open:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RD)  # wakes the pump blocked in recv; sends nothing
+            s.close()  # with linger 0: the peer gets a reset
+        self._open = []
 
     def close(self) -> None:
         self._closed.set()
