@@ -227,10 +227,12 @@ class DelayProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
 
-    def sever(self) -> None:
-        """The instance behind the proxy died with answers it was still holding: every open
-        connection is reset (RST) and what was held is dropped, never delivered. Callers set
-        ``delay`` to infinity first so that nothing slips out before this."""
+    def dies_with(self, kill: Callable[[], None]) -> None:
+        """``kill`` the instance behind the proxy with the answers it is still holding: they
+        are held from before the kill on, then every open connection is reset (RST) and
+        what was held is dropped, never delivered."""
+        self.delay = float("inf")
+        kill()
         for s in self._open:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

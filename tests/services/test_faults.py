@@ -555,9 +555,7 @@ def test_a_killed_inference_instance_moves_the_traffic_to_the_other(
         served_before, recorded_before = tritons.served(0), replay.recorded
         # The instance dies with the batch: answers its proxy still holds die with it (else
         # an answer computed before the kill would arrive 0.3 s later and the batch succeed).
-        proxy.delay = float("inf")
-        tritons.procs[1].kill9()
-        proxy.sever()
+        proxy.dies_with(tritons.procs[1].kill9)
         wait_until(lambda: not w.balancer.in_flight().get(victim), 5,
                    "instance 1's in-flight count back to 0")
         assert _failures(w, victim) >= 1  # the batch in flight failed there
