@@ -177,8 +177,8 @@ def test_seq_stage_learns_and_decodes_with_exclusions(small_index, tokenizer):
 
 def test_real_catalog_preset_has_no_summary_to_leak(small_index, world):
     """A `seq` row's summary counts the whole row: it is the summary of the validation
-    prompt, whose history holds every target the row trains on. `cpu-90m-tied` drops it,
-    in training rows and served prompts alike."""
+    prompt, whose history holds every target the row trains on. `cpu-90m-tied` and
+    `cpu-90m-aug` drop it, in training rows and served prompts alike."""
     from leadre_model.prompts.compact import SEQUENCE, SUMMARY
     from leadre_model.train.pipeline import TRAIN_PRESETS
 
@@ -195,7 +195,8 @@ def test_real_catalog_preset_has_no_summary_to_leak(small_index, world):
     both = set(rows) & set(valid)
     assert both and all(rows[u] == valid[u] for u in both)
 
-    shipped = TRAIN_PRESETS["cpu-90m-tied"].prompts
-    for split, task in (("train", "seq"), ("test", "main")):
-        samples = build_samples(world, index, shipped, [task], split)
-        assert samples and all(SUMMARY not in split_units(s["prompt"]) for s in samples)
+    for preset in ("cpu-90m-tied", "cpu-90m-aug"):
+        shipped = TRAIN_PRESETS[preset].prompts
+        for split, task in (("train", "seq"), ("test", "main")):
+            samples = build_samples(world, index, shipped, [task], split)
+            assert samples and all(SUMMARY not in split_units(s["prompt"]) for s in samples)
