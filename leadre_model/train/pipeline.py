@@ -121,7 +121,7 @@ _CPU_90M_TIED = _CPU_90M.model_copy(update={
 })
 
 # cpu-90m-tied plus ad deletion in the `seq` rows (SFTStageConfig.drop_ads 0.2: each
-# training ad of a row is dropped with this chance, drawn anew every epoch,
+# training ad of a row is dropped with this chance, drawn anew for every batch,
 # train/augment.py), so the model cannot fit a user's exact row; rows a fifth shorter also
 # make the epochs shorter. With `fit_schedule` a catalog too large for 12 epochs in the
 # budget gets a cosine fitted to the epochs that fit, ending annealed instead of cut at a high
