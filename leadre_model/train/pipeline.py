@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -196,10 +197,12 @@ def cap_samples(samples: list[dict[str, Any]], n: int | None, seed: int) -> list
 def train_leadre(
     world: Path, index_dir: Path, out: Path, cfg: TrainConfig, progress: bool = True,
     sft_out: Path | None = None, device: torch.device | None = None,
+    raw_out: Path | None = None,
 ) -> dict[str, Any]:
     """Train and save; returns a summary (stage logs, sample counts, wall times, the
     device). ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b
-    compares); ``device``: where the trainers and validation decodes run (default: CPU).
+    compares); ``raw_out``: with ``validation.average_decay``, also save the best
+    un-averaged weights of the selection (a test then shows what averaging adds); ``device``: where the trainers and validation decodes run (default: CPU).
     The saved weights load on any device."""
     device = device or torch.device("cpu")
     timings: dict[str, float] = {}
@@ -267,6 +270,11 @@ def train_leadre(
         summary["validation"] = selector.summary()
     if sft_out is not None:
         save_model(model, tokenizer, sft_out, index.digest(), extra={"train": summary})
+    if raw_out is not None and selector is not None and selector.best_raw_state is not None:
+        chosen_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(selector.best_raw_state)
+        save_model(model, tokenizer, raw_out, index.digest(), extra={"train": summary})
+        model.load_state_dict(chosen_state)
     dpo_log: list[dict[str, float]] = []
     n_pairs = 0
     if cfg.dpo is not None:

@@ -7,14 +7,22 @@ held-out validation targets (each user's second-to-last target, never a training
 every few epochs with the same constrained beam search the product serves with, keeps the
 best weights, stops after ``patience`` rounds without a gain or at the time budget, and
 restores the best weights at the end. The scores land in the training log.
+
+With ``average_decay`` the weights scored, kept and restored are an exponential moving
+average of the trained ones (updated after every optimizer step, as
+``torch.optim.swa_utils``' EMA does): an average over the last ≈ 1/(1 − decay) steps sits
+in a flatter region than the last step's weights, which generalises better to contexts the
+model has not fitted. With ``score_raw`` each round also scores the raw weights, so the
+log shows what the average adds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +50,13 @@ class ValidationConfig(StrictConfig):
                                "shorten the learning-rate schedule to the whole epochs that fit "
                                "the budget at the pace so far, so a large catalog's run ends "
                                "annealed instead of being cut at a high learning rate")
+    average_decay: float | None = Field(None, gt=0, lt=1, description="select an "
+                                        "exponential moving average of the weights (this "
+                                        "decay per optimizer step) instead of the weights "
+                                        "themselves")
+    score_raw: bool = Field(False, description="with average_decay: each round also scores "
+                            "the raw weights (the log shows what the average adds; a second "
+                            "validation pass per round) and keeps the best of them")
     batch_size: int = Field(64, ge=1)
     every_use: bool = Field(True, description="a model with a dense head is also scored with "
                             "every other use of its head (each a figure in the log); off: "
@@ -116,29 +131,61 @@ class BestOnValidation(TrainerCallback):
         self._next = cfg.every_epochs
         self._t0 = time.perf_counter()
         self._stop_at: int | None = None  # the fitted schedule's last step
+        self._average: list[torch.Tensor] | None = None  # EMA of the parameters, if asked
+        self.best_raw_state: dict[str, torch.Tensor] | None = None  # with score_raw
+        self._best_raw = -1.0
 
     def _round(self, model: PreTrainedModel, epoch: float) -> None:
-        score = self.validator(model, self.tokenizer)
-        self.history.append({"epoch": round(epoch, 3), f"valid_recall@{self.cfg.k}": score,
-                             **getattr(self.validator, "extra", {}),
-                             "elapsed_s": round(time.perf_counter() - self._t0, 1)})
-        if self.best_round < 0 or score > self._score(self.history[self.best_round]):
-            self.best_round = len(self.history) - 1
-            self.best_state = copy.deepcopy(model.state_dict())
+        raw: dict[str, float] = {}
+        if self._average is not None and self.cfg.score_raw:
+            score = self.validator(model, self.tokenizer)
+            raw = {f"valid_recall@{self.cfg.k}_raw": score}
+            if score > self._best_raw:
+                self._best_raw, self.best_raw_state = score, copy.deepcopy(model.state_dict())
+        with self._averaged_weights(model):
+            score = self.validator(model, self.tokenizer)
+            self.history.append({"epoch": round(epoch, 3), f"valid_recall@{self.cfg.k}": score,
+                                 **getattr(self.validator, "extra", {}), **raw,
+                                 "elapsed_s": round(time.perf_counter() - self._t0, 1)})
+            if self.best_round < 0 or score > self._score(self.history[self.best_round]):
+                self.best_round = len(self.history) - 1
+                self.best_state = copy.deepcopy(model.state_dict())
         if self.report is not None:
             best = self.history[self.best_round]
-            self.report(f"validation epoch {epoch:.2f}: Recall@{self.cfg.k} {score:.4f} on "
+            raw = self.history[-1].get(f"valid_recall@{self.cfg.k}_raw")
+            self.report(f"validation epoch {epoch:.2f}: Recall@{self.cfg.k} {score:.4f}"
+                        f"{'' if raw is None else f' (raw weights {raw:.4f})'} on "
                         f"{len(self.validator.targets)} users (best {self._score(best):.4f} at "
                         f"epoch {best['epoch']:.2f}; {self.history[-1]['elapsed_s']:.0f} s)")
 
     def _score(self, round_: dict[str, float]) -> float:
         return round_[f"valid_recall@{self.cfg.k}"]
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+    @contextlib.contextmanager
+    def _averaged_weights(self, model: PreTrainedModel) -> Iterator[None]:
+        """The model's parameters hold the moving average inside the block (none: as they
+        are); the trained weights come back after it."""
+        if self._average is None:
+            yield
+            return
+        params = _parameters(model)
+        trained = [p.detach().clone() for p in params]
+        _copy(params, self._average)
+        try:
+            yield
+        finally:
+            _copy(params, trained)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       **kw: Any) -> None:
         self._t0 = time.perf_counter()
+        if self.cfg.average_decay is not None and model is not None:
+            self._average = [p.detach().clone() for p in _parameters(model)]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
                     **kw: Any) -> Any:
+        if self._average is not None and model is not None:
+            self._update_average(model)
         over = ((self.cfg.time_budget_s is not None
                  and time.perf_counter() - self._t0 > self.cfg.time_budget_s)
                 or (self._stop_at is not None and state.global_step >= self._stop_at))
@@ -179,12 +226,33 @@ class BestOnValidation(TrainerCallback):
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
 
+    def _update_average(self, model: PreTrainedModel) -> None:
+        assert self._average is not None
+        self._ema(self._average, [p.detach() for p in _parameters(model)], None)
+
+    @functools.cached_property
+    def _ema(self) -> Callable[..., None]:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        return get_ema_multi_avg_fn(self.cfg.average_decay or 0.999)
+
     def summary(self) -> dict[str, Any]:
         best = self.history[self.best_round] if self.history else {}
         return {"best_epoch": best.get("epoch", 0.0),
                 f"best_recall@{self.cfg.k}": self._score(best) if best else -1.0,
                 "stopped_by": self.stopped_by, "rounds": self.history,
                 "users": len(self.validator.targets)}
+
+
+def _parameters(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The trained parameters (a tied embedding once), in a fixed order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def _copy(into: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    for a, b in zip(into, values, strict=True):
+        a.copy_(b)
 
 
 # The HF schedulers are LambdaLRs over functools.partial(..., num_training_steps=N); the
