@@ -16,9 +16,8 @@ from leadre_model.train.validate import BestOnValidation, ValidationConfig
 class _WeightScore:
     """Scores a model by its single weight (so a round shows which weights it saw)."""
 
-    targets = ["t"]
-
     def __init__(self) -> None:
+        self.targets = ["t"]
         self.seen: list[float] = []
 
     def __call__(self, model, tokenizer) -> float:
