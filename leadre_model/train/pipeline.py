@@ -201,9 +201,9 @@ def train_leadre(
 ) -> dict[str, Any]:
     """Train and save; returns a summary (stage logs, sample counts, wall times, the
     device). ``sft_out``: also save the model as it is after SFT, before DPO (Fig. 4b
-    compares); ``raw_out``: with ``validation.average_decay``, also save the best
-    un-averaged weights of the selection (a test then shows what averaging adds); ``device``: where the trainers and validation decodes run (default: CPU).
-    The saved weights load on any device."""
+    compares); ``raw_out``: with ``validation.score_raw``, also save the best un-averaged
+    weights (a test then shows what the average adds); ``device``: where the trainers and
+    validation decodes run (default: CPU). The saved weights load on any device."""
     device = device or torch.device("cpu")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -152,9 +152,9 @@ class BestOnValidation(TrainerCallback):
                 self.best_state = copy.deepcopy(model.state_dict())
         if self.report is not None:
             best = self.history[self.best_round]
-            raw = self.history[-1].get(f"valid_recall@{self.cfg.k}_raw")
-            self.report(f"validation epoch {epoch:.2f}: Recall@{self.cfg.k} {score:.4f}"
-                        f"{'' if raw is None else f' (raw weights {raw:.4f})'} on "
+            raw_score = self.history[-1].get(f"valid_recall@{self.cfg.k}_raw")
+            also = "" if raw_score is None else f" (raw weights {raw_score:.4f})"
+            self.report(f"validation epoch {epoch:.2f}: Recall@{self.cfg.k} {score:.4f}{also} on "
                         f"{len(self.validator.targets)} users (best {self._score(best):.4f} at "
                         f"epoch {best['epoch']:.2f}; {self.history[-1]['elapsed_s']:.0f} s)")
 

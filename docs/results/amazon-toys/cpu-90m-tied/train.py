@@ -5,7 +5,7 @@ report), training progress and one line per validation round on stderr.
 
 OVERRIDES_JSON: {"llm": {...}, "seq": {...}, "validation": {...}} merged into the preset's
 parts, e.g. '{"llm": {"dropout": 0.3}, "seq": {"epochs": 14}}'. With a weight average
-(validation.average_decay) the best un-averaged weights also go to OUT-raw.
+(validation.average_decay, score_raw) the best un-averaged weights also go to OUT-raw.
 """
 import json
 import sys
