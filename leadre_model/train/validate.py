@@ -132,6 +132,7 @@ class BestOnValidation(TrainerCallback):
         self._t0 = time.perf_counter()
         self._stop_at: int | None = None  # the fitted schedule's last step
         self._average: list[torch.Tensor] | None = None  # EMA of the parameters, if asked
+        self._ema: Callable[..., None] | None = None  # its update, from torch.optim.swa_utils
         self.best_raw_state: dict[str, torch.Tensor] | None = None  # with score_raw
         self._best_raw = -1.0
 
@@ -180,12 +181,15 @@ class BestOnValidation(TrainerCallback):
                        **kw: Any) -> None:
         self._t0 = time.perf_counter()
         if self.cfg.average_decay is not None and model is not None:
+            from torch.optim.swa_utils import get_ema_multi_avg_fn
+
             self._average = [p.detach().clone() for p in _parameters(model)]
+            self._ema = get_ema_multi_avg_fn(self.cfg.average_decay)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
                     **kw: Any) -> Any:
-        if self._average is not None and model is not None:
-            self._update_average(model)
+        if self._ema is not None and self._average is not None and model is not None:
+            self._ema(self._average, [p.detach() for p in _parameters(model)], None)
         over = ((self.cfg.time_budget_s is not None
                  and time.perf_counter() - self._t0 > self.cfg.time_budget_s)
                 or (self._stop_at is not None and state.global_step >= self._stop_at))
@@ -225,16 +229,6 @@ class BestOnValidation(TrainerCallback):
             self._round(model, state.epoch)
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-
-    def _update_average(self, model: PreTrainedModel) -> None:
-        assert self._average is not None
-        self._ema(self._average, [p.detach() for p in _parameters(model)], None)
-
-    @functools.cached_property
-    def _ema(self) -> Callable[..., None]:
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        return get_ema_multi_avg_fn(self.cfg.average_decay or 0.999)
 
     def summary(self) -> dict[str, Any]:
         best = self.history[self.best_round] if self.history else {}
