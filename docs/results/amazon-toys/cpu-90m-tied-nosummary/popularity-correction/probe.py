@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from leadre_model.eval.harness import EvalConfig, baseline_retrievers, build_eval_data
+from leadre_model.eval.metrics import recall_at_k
 from leadre_model.llm.decode import encode_prompts
 from leadre_model.llm.dense_head import dense_head_of, prompt_scores
 from leadre_model.llm.retriever import SidRetriever
@@ -41,9 +42,8 @@ def report(name: str, split: str, scores: np.ndarray) -> None:
     out = []
     for tau in TAUS:
         adj = s - tau * logc
-        top = np.argpartition(-adj, 10, axis=1)[:, :10]
-        hit = (top == tgt[:, None]).any(1)
-        out.append(f"{tau}:{hit.mean():.4f}")
+        top = np.argpartition(-adj, 10, axis=1)[:, :10]  # the top 10, unordered
+        out.append(f"{tau}:{recall_at_k(top, tgt, 10):.4f}")
     se = np.sqrt(0.07 * 0.93 / len(tgt))
     print(f"{name}\t{split}\t" + " ".join(out) + f"\t(se≈{se:.4f})", flush=True)
 
