@@ -43,7 +43,9 @@ class ValidationConfig(StrictConfig):
     k: int = Field(10, ge=1, description="Recall@k is the selection score")
     beam_width: int = Field(20, ge=1)
     every_epochs: float = Field(2.0, gt=0, description="a round every this many epochs")
-    patience: int = Field(3, ge=1, description="rounds without a gain before stopping")
+    patience: int | None = Field(3, ge=1, description="rounds without a gain before stopping; "
+                                 "None: never early (the schedule runs to its end or the time "
+                                 "budget, the best round is still the one kept)")
     time_budget_s: float | None = Field(None, gt=0, description="stop the stage after this "
                                         "many seconds of training (best weights kept)")
     fit_schedule: bool = Field(False, description="with a time budget: after every round, "
@@ -201,7 +203,7 @@ class BestOnValidation(TrainerCallback):
             rounds_since = len(self.history) - 1 - self.best_round
             if over:
                 self.stopped_by, control.should_training_stop = "time_budget", True
-            elif rounds_since >= self.cfg.patience:
+            elif self.cfg.patience is not None and rounds_since >= self.cfg.patience:
                 self.stopped_by, control.should_training_stop = "early_stopping", True
         return control
 

@@ -77,3 +77,20 @@ def test_a_budget_that_holds_every_epoch_leaves_the_schedule_alone():
     _run(*parts, seconds_per_epoch=100.0)
     assert state.global_step == 100
     assert sched.lr_lambdas[0].keywords["num_training_steps"] == 100
+
+
+@pytest.mark.parametrize(("patience", "steps"), [(1, 20), (None, 100)])
+def test_patience_none_runs_the_schedule_out_and_keeps_the_best_round(patience, steps):
+    """A cosine's best rounds come once it has annealed; rounds without a gain while the
+    rate is still high stop a stage with patience, never one without."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=100)
+    cfg = ValidationConfig(every_epochs=1, patience=patience)
+    cb = BestOnValidation(_Scores(0.5, *[0.1] * 9), cfg, tokenizer=None)
+    args = SimpleNamespace(num_train_epochs=10)
+    state = SimpleNamespace(epoch=0.0, global_step=0, max_steps=100)
+    _run(model, opt, sched, cb, args, state, seconds_per_epoch=1.0)
+    assert state.global_step == steps
+    assert cb.best_round == 0 and len(cb.history) == steps // 10
+    assert cb.stopped_by == ("early_stopping" if patience else "epochs")
