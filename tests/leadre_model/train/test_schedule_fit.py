@@ -94,3 +94,26 @@ def test_patience_none_runs_the_schedule_out_and_keeps_the_best_round(patience, 
     assert state.global_step == steps
     assert cb.best_round == 0 and len(cb.history) == steps // 10
     assert cb.stopped_by == ("early_stopping" if patience else "epochs")
+
+
+def test_one_slow_epoch_does_not_shorten_the_schedule_for_good():
+    """A load burst in the first epoch (400 s, then 100 s each) fits 3 epochs at first;
+    once the median pace is back, the schedule returns to the whole 10 the budget holds."""
+    parts = _setup(budget=1_500.0, fit=True)
+    model, opt, sched, cb, args, state = parts
+    lrs, clock = [], 0.0
+    while state.global_step < state.max_steps:
+        opt.step()
+        sched.step()
+        state.global_step += 1
+        state.epoch = state.global_step / 10
+        clock += 40.0 if state.global_step <= 10 else 10.0  # s per step
+        cb._t0 = time.perf_counter() - clock
+        lrs.append(opt.param_groups[0]["lr"])
+        control = cb.on_step_end(args, state, TrainerControl(), model=model, lr_scheduler=sched)
+        if control.should_training_stop:
+            break
+    assert cb.history[0]["schedule_epochs"] == 3  # 1 + (1,500 − 400) // 400
+    assert state.global_step == 100 and cb.stopped_by == "epochs"
+    assert sched.lr_lambdas[0].keywords["num_training_steps"] == 100
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)  # annealed at the end
