@@ -136,7 +136,6 @@ class BestOnValidation(TrainerCallback):
         self._next = cfg.every_epochs
         self._t0 = time.perf_counter()
         self._stop_at: int | None = None  # the fitted schedule's last step
-        self._full_horizon: int | None = None  # the configured schedule's, in steps
         self._average: list[torch.Tensor] | None = None  # EMA of the parameters, if asked
         self._ema: Callable[..., None] | None = None  # its update, from torch.optim.swa_utils
         self.best_raw_state: dict[str, torch.Tensor] | None = None  # with score_raw
@@ -223,8 +222,6 @@ class BestOnValidation(TrainerCallback):
         horizon = _horizon(scheduler)
         if horizon is None:
             return
-        if self._full_horizon is None:
-            self._full_horizon = horizon
         elapsed = time.perf_counter() - self._t0
         marks = [(0.0, 0.0)] + [(r["epoch"], r["elapsed_s"]) for r in self.history]
         paces = [(t1 - t0) / (e1 - e0) for (e0, t0), (e1, t1) in itertools.pairwise(marks)
@@ -232,11 +229,11 @@ class BestOnValidation(TrainerCallback):
         per_epoch = statistics.median(paces) if paces else elapsed / epoch
         epochs = max(int(epoch + (budget - elapsed) / per_epoch), round(epoch) + 1)
         steps = max(int(state.max_steps / args.num_train_epochs * epochs), state.global_step + 1)
-        steps = min(steps, self._full_horizon)
+        steps = min(steps, state.max_steps)  # the configured schedule's horizon
         if steps == horizon:
             return
         _set_horizon(scheduler, steps)
-        self._stop_at = steps if steps < self._full_horizon else None
+        self._stop_at = steps if steps < state.max_steps else None
         self.history[-1]["schedule_epochs"] = epochs if self._stop_at else args.num_train_epochs
         if self.report is not None:
             self.report(f"schedule fitted to the time budget: {epochs} epochs"

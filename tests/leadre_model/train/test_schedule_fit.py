@@ -37,15 +37,19 @@ def _setup(budget: float, fit: bool):
     return model, opt, sched, cb, args, state
 
 
-def _run(model, opt, sched, cb, args, state, seconds_per_epoch: float) -> list[float]:
-    """Steps until the callback stops the stage; the clock is moved, not waited for."""
-    lrs = []
+def _run(model, opt, sched, cb, args, state, seconds_per_epoch: float,
+         first_epoch_s: float | None = None) -> list[float]:
+    """Steps until the callback stops the stage; the clock is moved, not waited for.
+    ``first_epoch_s``: a slower first epoch (a load burst), ``seconds_per_epoch`` after it."""
+    lrs, clock = [], 0.0
     while state.global_step < state.max_steps:
         opt.step()
         sched.step()
         state.global_step += 1
         state.epoch = state.global_step / 10
-        cb._t0 = time.perf_counter() - seconds_per_epoch * state.epoch
+        slow = first_epoch_s is not None and state.global_step <= 10
+        clock += (first_epoch_s if slow else seconds_per_epoch) / 10
+        cb._t0 = time.perf_counter() - clock
         lrs.append(opt.param_groups[0]["lr"])
         control = cb.on_step_end(args, state, TrainerControl(), model=model, lr_scheduler=sched)
         if control.should_training_stop:
@@ -100,19 +104,8 @@ def test_one_slow_epoch_does_not_shorten_the_schedule_for_good():
     """A load burst in the first epoch (400 s, then 100 s each) fits 3 epochs at first;
     once the median pace is back, the schedule returns to the whole 10 the budget holds."""
     parts = _setup(budget=1_500.0, fit=True)
-    model, opt, sched, cb, args, state = parts
-    lrs, clock = [], 0.0
-    while state.global_step < state.max_steps:
-        opt.step()
-        sched.step()
-        state.global_step += 1
-        state.epoch = state.global_step / 10
-        clock += 40.0 if state.global_step <= 10 else 10.0  # s per step
-        cb._t0 = time.perf_counter() - clock
-        lrs.append(opt.param_groups[0]["lr"])
-        control = cb.on_step_end(args, state, TrainerControl(), model=model, lr_scheduler=sched)
-        if control.should_training_stop:
-            break
+    sched, cb, state = parts[2], parts[3], parts[5]
+    lrs = _run(*parts, seconds_per_epoch=100.0, first_epoch_s=400.0)
     assert cb.history[0]["schedule_epochs"] == 3  # 1 + (1,500 − 400) // 400
     assert state.global_step == 100 and cb.stopped_by == "epochs"
     assert sched.lr_lambdas[0].keywords["num_training_steps"] == 100
