@@ -269,7 +269,7 @@ def eval_cmd(
                                   "itemcf, sasrec_ce, sasrec_bce ('' for none)"),
     beam: int = typer.Option(20, min=1, help="beam width B for LEADRE"),
     rerank: str = typer.Option("", help="models with a dense head: comma-separated ways to "
-                               "rank, one LEADRE row each, among off, dense, mix, full "
+                               "rank, one LEADRE row each, among off, dense, mix, full, fuse "
                                "(llm/dense_head.py; '' = as saved)"),
     branches: str = typer.Option("", help="branch combinations (eval/branches.py), e.g. "
                                  "'itemcf|leadre,leadre>itemcf': item-CF@10 ∪ LEADRE@10 (adds "

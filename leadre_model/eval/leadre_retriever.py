@@ -31,7 +31,7 @@ class LeadreEvalConfig(BaseModel):
     progress: bool = True
     exclude_seen: bool = Field(False, description="mask the user's earlier target ads in the "
                                "beam search (as the item-id baselines' exclude_seen)")
-    rerank: Literal["off", "dense", "mix", "full"] | None = Field(
+    rerank: Literal["off", "dense", "mix", "full", "fuse"] | None = Field(
         None, description="a model with a dense head: how it ranks (llm/dense_head.py; "
         "None: as the model was saved)")
 

@@ -21,6 +21,10 @@ dense loss (weight ``weight``) as one more target token: into TRL's per-token lo
 of the trie-constrained search is re-ranked by the dense score (``dense``), by the dense
 log-softmax plus the beam's S-ID log-probability (``mix``, a product of the two experts), or
 replaced by the dense top-k over all active ads (``full``); ``off`` keeps the beam's order.
+``fuse`` needs no beam: the dense head's top ``fuse_candidates`` over all active ads are
+scored by the S-ID head too, teacher-forced (llm/sid_scores.py), and ranked by the dense
+log-softmax plus ``fuse_weight`` times their S-ID log-probability (the product of experts of
+``mix``, on candidates the beam could have missed).
 Saved with the weights under ``leadre_dense_head.*`` (the code → ad tables are rebuilt from
 the index the model is loaded with); the config's ``leadre_dense_head`` says how to rebuild.
 """
@@ -40,20 +44,24 @@ from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.llm.decode import Hit, Prompts, encode_prompts
 from leadre_model.llm.model import DENSE_HEAD_MODULE, DenseHeadSettings
+from leadre_model.llm.sid_scores import candidate_logprobs
 from leadre_model.llm.sid_windows import SidWindows
 
 MODULE = DENSE_HEAD_MODULE
-CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank", "weight", "id_input"}
-Rerank = Literal["off", "dense", "mix", "full"]
+CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank", "weight",
+#                                    "id_input", "fuse_candidates", "fuse_weight"}
+Rerank = Literal["off", "dense", "mix", "full", "fuse"]
 
 
 class DenseHead(torch.nn.Module):
     """Query map, code and ad-id tables (saved) and the index's code table (not saved)."""
 
     def __init__(self, hidden: int, level_sizes: Sequence[int], ids: int,
-                 rerank: Rerank = "mix", weight: float = 1.0, id_input: bool = False) -> None:
+                 rerank: Rerank = "mix", weight: float = 1.0, id_input: bool = False,
+                 fuse_candidates: int = 50, fuse_weight: float = 1.0) -> None:
         super().__init__()
         self.level_sizes, self.rerank, self.weight = list(level_sizes), rerank, weight
+        self.fuse_candidates, self.fuse_weight = fuse_candidates, fuse_weight
         self.id_input = id_input and ids > 0
         self.query = torch.nn.Linear(hidden, hidden, bias=False)
         self.codes = torch.nn.Embedding(sum(level_sizes), hidden)
@@ -179,14 +187,17 @@ def attach_dense_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     model's config so :func:`restore_dense_head` puts it back after loading."""
     hidden = model.get_input_embeddings().weight.shape[1]
     ids = len(index) if cfg.id_table else 0
-    head = DenseHead(hidden, index.level_sizes, ids, cfg.rerank, cfg.weight, cfg.id_input)
+    head = DenseHead(hidden, index.level_sizes, ids, cfg.rerank, cfg.weight, cfg.id_input,
+                     cfg.fuse_candidates, cfg.fuse_weight)
     head.reset(seed)
     head.to(model.get_input_embeddings().weight.device)
     head.set_table(tokenizer, index)
     _install(model, head)
     model.config.update({CONFIG_KEY: {"level_sizes": list(index.level_sizes), "ids": ids,
                                       "rerank": cfg.rerank, "weight": cfg.weight,
-                                      "id_input": head.id_input}})
+                                      "id_input": head.id_input,
+                                      "fuse_candidates": cfg.fuse_candidates,
+                                      "fuse_weight": cfg.fuse_weight}})
     return head
 
 
@@ -203,7 +214,8 @@ def restore_dense_head(model: PreTrainedModel, model_dir: str | Path,
         return None
     hidden = model.get_input_embeddings().weight.shape[1]
     head = DenseHead(hidden, spec["level_sizes"], spec["ids"], spec["rerank"], spec["weight"],
-                     bool(spec.get("id_input", False)))
+                     bool(spec.get("id_input", False)), int(spec.get("fuse_candidates", 50)),
+                     float(spec.get("fuse_weight", 1.0)))
     state: dict[str, torch.Tensor] = {}
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:
@@ -244,25 +256,30 @@ def prompt_scores(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequenc
 def rerank_hits(model: PreTrainedModel, head: DenseHead, tokenizer: PreTrainedTokenizerBase,
                 prompts: Prompts, hits: Sequence[Sequence[Hit]], mode: Rerank, k: int,
                 index: SidIndex, exclude: Sequence[Collection[int]] | None = None,
-                batch_size: int = 64, scores: torch.Tensor | None = None) -> list[list[Hit]]:
+                batch_size: int = 64, scores: torch.Tensor | None = None,
+                level_ids: Sequence[np.ndarray] | None = None) -> list[list[Hit]]:
     """Per prompt, the top ``k`` by ``mode`` (module doc): ``hits`` are the beam's
-    candidates; ``full`` ranks every active ad of ``index`` the head can score instead
-    (minus ``exclude``). A hit's ``logprob`` becomes the score it was ranked by.
-    ``scores``: :func:`prompt_scores` of ``prompts`` when already computed."""
+    candidates; ``full`` and ``fuse`` rank every active ad of ``index`` the head can score
+    instead (minus ``exclude``; ``fuse`` needs ``level_ids``, the S-ID token ids per level).
+    A hit's ``logprob`` becomes the score it was ranked by. ``scores``:
+    :func:`prompt_scores` of ``prompts`` when already computed."""
+    ids = encode_prompts(tokenizer, prompts) if scores is None or mode == "fuse" else []
     if scores is None:
-        scores = prompt_scores(model, head, encode_prompts(tokenizer, prompts), batch_size)
+        scores = prompt_scores(model, head, ids, batch_size)
     logp = torch.log_softmax(scores, dim=1).cpu()
-    allowed = torch.as_tensor(index.active) & head.fits.cpu()
+    if mode in ("full", "fuse"):
+        allowed = torch.as_tensor(index.active) & head.fits.cpu()
+        logp = logp.masked_fill(~allowed, float("-inf"))
+        for i, ex in enumerate(exclude or []):
+            if ex:
+                logp[i, torch.as_tensor(sorted(ex), dtype=torch.long)] = float("-inf")
+        if mode == "full":
+            return _top_hits(logp, k, index)
+        if level_ids is None:
+            raise ValueError("rerank 'fuse' needs the S-ID token ids per level (level_ids)")
+        return _fused_hits(model, head, ids, logp, k, index, level_ids, tokenizer.pad_token_id)
     out = []
     for i, cands in enumerate(hits):
-        if mode == "full":
-            s = logp[i].masked_fill(~allowed, float("-inf"))
-            if exclude is not None and exclude[i]:
-                s[torch.as_tensor(sorted(exclude[i]), dtype=torch.long)] = float("-inf")
-            top = s.topk(min(k, len(s)))
-            out.append([Hit(int(r), tuple(int(c) for c in index.codes[int(r)]), float(v))
-                        for r, v in zip(top.indices, top.values) if np.isfinite(float(v))])
-            continue
         if not cands:
             out.append([])
             continue
@@ -272,6 +289,33 @@ def rerank_hits(model: PreTrainedModel, head: DenseHead, tokenizer: PreTrainedTo
         order = torch.argsort(s, descending=True, stable=True)[:k]
         out.append([Hit(cands[j].row, cands[j].codes, float(s[j])) for j in order.tolist()])
     return out
+
+
+def _top_hits(scores: torch.Tensor, k: int, index: SidIndex) -> list[list[Hit]]:
+    """Per row of ``scores`` (prompts, ads; -inf: not allowed), its top ``k`` as hits."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [[Hit(int(r), tuple(int(c) for c in index.codes[int(r)]), float(v))
+             for r, v in zip(rows, vals) if np.isfinite(float(v))]
+            for rows, vals in zip(top.indices, top.values)]
+
+
+def _fused_hits(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequence[int]],
+                logp: torch.Tensor, k: int, index: SidIndex, level_ids: Sequence[np.ndarray],
+                pad_id: int) -> list[list[Hit]]:
+    """The dense top ``fuse_candidates`` re-ranked by dense + ``fuse_weight`` · S-ID."""
+    m = min(max(k, head.fuse_candidates), logp.shape[1])
+    top = logp.topk(m, dim=1)
+    rows = top.indices.numpy()
+    # a -inf row (inactive, excluded, beyond the vocabulary) may have codes the model has
+    # no token for: clamp them to score something; the -inf keeps it out anyway
+    codes = np.minimum(index.codes[rows], np.asarray(head.level_sizes) - 1)
+    sid = candidate_logprobs(model, ids, codes, level_ids, pad_id)
+    fused = top.values.double() + head.fuse_weight * torch.as_tensor(sid)
+    fused = fused.masked_fill(~torch.isfinite(top.values), float("-inf"))
+    order = torch.argsort(fused, dim=1, descending=True, stable=True)[:, :k]
+    return [[Hit(int(rows[i, j]), tuple(int(c) for c in index.codes[rows[i, j]]),
+                 float(fused[i, j])) for j in order[i].tolist() if np.isfinite(float(fused[i, j]))]
+            for i in range(len(rows))]
 
 
 __all__ = ["DenseHead", "attach_dense_head", "dense_head_of",

@@ -63,8 +63,12 @@ class DenseHeadSettings(StrictConfig):
                           "as this many S-ID tokens' loss")
     id_table: bool = Field(default=True, description="a trained vector per ad of the training "
                            "index beside its code vectors (new ads: codes only)")
-    rerank: Literal["off", "dense", "mix", "full"] = Field(
+    rerank: Literal["off", "dense", "mix", "full", "fuse"] = Field(
         default="mix", description="how retrieval uses the head (llm/dense_head.py)")
+    fuse_candidates: int = Field(default=50, ge=1, description="rerank 'fuse': the dense "
+                                 "head's top this many ads are scored by the S-ID head too")
+    fuse_weight: float = Field(default=1.0, gt=0, description="rerank 'fuse': rank by dense "
+                               "log-softmax + this × S-ID log-probability")
     id_input: bool = Field(default=False, description="also add each prompt ad's id vector "
                            "(the same table the head scores with, tied as in SASRec) at the "
                            "last token of its S-ID; needs id_table")

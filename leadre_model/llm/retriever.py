@@ -103,9 +103,10 @@ class SidRetriever:
         head = dense_head_of(self.model)
         mode = self.rerank or (head.rerank if head is not None else "off")
         k = beam_width if top_k is None else top_k
-        if head is not None and mode == "full":  # no beam search: the dense top-k
+        if head is not None and mode in ("full", "fuse"):  # no beam search: the dense top-k
             return rerank_hits(self.model, head, self.tokenizer, prompts, [[]] * len(prompts),
-                               mode, k, self.index, exclude, batch_size)
+                               mode, k, self.index, exclude, batch_size,
+                               level_ids=self.level_ids)
         hits = constrained_beam_search(
             self.model, self.tokenizer, prompts, self.trie, self.level_ids, beam_width,
             top_k=k if head is None or mode == "off" else beam_width, batch_size=batch_size,

@@ -113,9 +113,10 @@ class SidValidator:
         scores = prompt_scores(sid.model, head, encode_prompts(sid.tokenizer, self.prompts),
                                self.cfg.batch_size)
         out = {}
-        for mode in ("off", "dense", "mix", "full"):
+        for mode in ("off", "dense", "mix", "full", "fuse"):
             out[mode] = rerank_hits(sid.model, head, sid.tokenizer, self.prompts, beams, mode,
-                                    self.cfg.k, self.index, scores=scores)
+                                    self.cfg.k, self.index, scores=scores,
+                                    level_ids=sid.level_ids)
             self.extra[f"valid_recall@{self.cfg.k}_{mode}"] = self._recall(sid, out[mode])
         return out[head.rerank]
 

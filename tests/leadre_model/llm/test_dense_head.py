@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from leadre_model.index.sid_index import load_index
+from leadre_model.llm.decode import exhaustive_scores
 from leadre_model.llm.dense_head import MODULE, attach_dense_head, dense_head_of, prompt_scores
 from leadre_model.llm.model import DenseHeadSettings, LLMConfig, build_model
 from leadre_model.llm.retriever import SidRetriever
@@ -147,6 +148,21 @@ def test_retrieval_reranks_the_beam_by_the_head(trained) -> None:  # type: ignor
         ~torch.as_tensor(index.active), float("-inf")).topk(5).indices.tolist()
     assert int(scores[0].argmax()) not in {h.row for h in full[0]}
     assert getattr(sid.model, MODULE) is dense_head_of(sid.model)
+    # fuse: the dense top 8 by dense log-softmax + 0.5 x their exhaustive S-ID log-prob
+    head = dense_head_of(sid.model)
+    head.fuse_candidates, head.fuse_weight = 8, 0.5
+    sid.rerank = "fuse"
+    fused = sid.retrieve(prompts, 10, top_k=5, exclude=[{int(scores[0].argmax())}, (), (), ()])
+    logp = torch.log_softmax(scores, 1).masked_fill(~torch.as_tensor(index.active), float("-inf"))
+    logp[0, int(scores[0].argmax())] = float("-inf")
+    for i, prompt in enumerate(prompts):
+        sid_lp = {h.row: h.logprob for h in exhaustive_scores(sid.model, sid.tokenizer, prompt,
+                                                              sid.trie, sid.level_ids)}
+        cands = logp[i].topk(8).indices.tolist()
+        want = sorted(cands, key=lambda r: -(float(logp[i, r]) + 0.5 * sid_lp[r]))[:5]
+        assert [h.row for h in fused[i]] == want
+        assert fused[i][0].logprob == pytest.approx(float(logp[i, want[0]]) + 0.5 * sid_lp[want[0]],
+                                                    abs=1e-3)
 
 
 def test_validation_by_the_head_alone_scores_as_it_retrieves_and_reports(trained) -> None:  # type: ignore[no-untyped-def]
