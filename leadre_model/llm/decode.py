@@ -286,6 +286,49 @@ def _search(model: PreTrainedModel, ids: list[list[int]], pad_id: int, trie: Sid
             for p in range(n)]
 
 
+@torch.inference_mode()
+def candidate_scores(model: PreTrainedModel, ids: Sequence[Sequence[int]], codes: np.ndarray,
+                     level_token_ids: Sequence[np.ndarray], pad_id: int, batch_size: int = 64,
+                     engine: Engine = "auto") -> np.ndarray:
+    """(prompts, M): the log-probability of given S-IDs ``codes`` (prompts, M, levels) after
+    each prompt (token ids ``ids``), scored as the beam search scores a beam: one prefill
+    per prompt, then one step per level for its M candidates as if they were its beams
+    (teacher forcing on the same engines). For the dense head's ``fuse`` (dense_head.py):
+    the S-ID head's view of candidates the beam could have missed."""
+    codes = np.asarray(codes)
+    if codes.ndim != 3 or len(codes) != len(ids):
+        raise ValueError(f"codes must be (prompts={len(ids)}, M, levels), got {codes.shape}")
+    n, m, levels = codes.shape
+    out = np.zeros((n, m), dtype=np.float64)
+    if n == 0 or m == 0:
+        return out
+    tokens = [torch.as_tensor(np.asarray(t), dtype=torch.long, device=model.device)
+              for t in level_token_ids[:levels]]
+    order = sorted(range(n), key=lambda i: -len(ids[i]))  # similar lengths: little padding
+    for lo in range(0, n, batch_size):
+        chunk = order[lo:lo + batch_size]
+        batch = [list(ids[i]) for i in chunk]
+        c = torch.as_tensor(codes[chunk], dtype=torch.long, device=model.device)
+        seq = torch.stack([tokens[lv][c[..., lv]] for lv in range(levels)], -1).view(-1, levels)
+        input_ids, prompt_mask = _left_pad(batch, pad_id, model.device)
+        first = model(input_ids=input_ids, attention_mask=prompt_mask,
+                      position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+                      use_cache=True, logits_to_keep=1)
+        logits = first.logits[:, -1].repeat_interleave(m, 0)
+        shared = _use_shared_prefix(model, engine, max(map(len, batch)) + levels)
+        steps = (_SharedPrefixSteps if shared else _ReorderSteps)(model, prompt_mask, first.cache)
+        del first
+        parent = torch.arange(len(chunk), device=model.device).repeat_interleave(m)
+        score = torch.zeros(len(parent), device=model.device)
+        for level in range(levels):
+            score += _full_vocab_logprobs(logits, seq[:, level:level + 1])[:, 0]
+            if level < levels - 1:
+                logits = steps.step(parent, seq[:, level], level, m)
+                parent = torch.arange(len(parent), device=model.device)
+        out[chunk] = score.double().cpu().numpy().reshape(len(chunk), m)
+    return out
+
+
 def cold_prefix_nodes(trie: SidTrie, codes: np.ndarray, cold: np.ndarray) -> list[np.ndarray]:
     """Per level l, the sorted node ids one level down that only the ads with ``cold`` True
     (``codes``: (N, L) S-IDs of every indexed ad) lead to; see ``cold_nodes``."""
@@ -367,6 +410,6 @@ def exhaustive_scores(
     return [Hit(int(rows[i]), tuple(int(c) for c in codes[i]), float(total[i])) for i in order]
 
 
-__all__ = ["Beams", "Engine", "Hit", "beam_search_codes", "cold_prefix_nodes",
+__all__ = ["Beams", "Engine", "Hit", "beam_search_codes", "candidate_scores", "cold_prefix_nodes",
            "constrained_beam_search",
            "encode_prompts", "exhaustive_scores"]

@@ -22,7 +22,7 @@ of the trie-constrained search is re-ranked by the dense score (``dense``), by t
 log-softmax plus the beam's S-ID log-probability (``mix``, a product of the two experts), or
 replaced by the dense top-k over all active ads (``full``); ``off`` keeps the beam's order.
 ``fuse`` needs no beam: the dense head's top ``fuse_candidates`` over all active ads are
-scored by the S-ID head too, teacher-forced (llm/sid_scores.py), and ranked by the dense
+scored by the S-ID head too, teacher-forced (``decode.candidate_scores``), and ranked by the dense
 log-softmax plus ``fuse_weight`` times their S-ID log-probability (the product of experts of
 ``mix``, on candidates the beam could have missed).
 Saved with the weights under ``leadre_dense_head.*`` (the code → ad tables are rebuilt from
@@ -42,9 +42,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
-from leadre_model.llm.decode import Hit, Prompts, encode_prompts
+from leadre_model.llm.decode import Hit, Prompts, candidate_scores, encode_prompts
 from leadre_model.llm.model import DENSE_HEAD_MODULE, DenseHeadSettings
-from leadre_model.llm.sid_scores import candidate_logprobs
 from leadre_model.llm.sid_windows import SidWindows
 
 MODULE = DENSE_HEAD_MODULE
@@ -58,7 +57,7 @@ class DenseHead(torch.nn.Module):
 
     def __init__(self, hidden: int, level_sizes: Sequence[int], ids: int,
                  rerank: Rerank = "mix", weight: float = 1.0, id_input: bool = False,
-                 fuse_candidates: int = 50, fuse_weight: float = 1.0) -> None:
+                 fuse_candidates: int = 50, fuse_weight: float = 0.1) -> None:
         super().__init__()
         self.level_sizes, self.rerank, self.weight = list(level_sizes), rerank, weight
         self.fuse_candidates, self.fuse_weight = fuse_candidates, fuse_weight
@@ -215,7 +214,7 @@ def restore_dense_head(model: PreTrainedModel, model_dir: str | Path,
     hidden = model.get_input_embeddings().weight.shape[1]
     head = DenseHead(hidden, spec["level_sizes"], spec["ids"], spec["rerank"], spec["weight"],
                      bool(spec.get("id_input", False)), int(spec.get("fuse_candidates", 50)),
-                     float(spec.get("fuse_weight", 1.0)))
+                     float(spec.get("fuse_weight", 0.1)))
     state: dict[str, torch.Tensor] = {}
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:
@@ -309,7 +308,7 @@ def _fused_hits(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequence[
     # a -inf row (inactive, excluded, beyond the vocabulary) may have codes the model has
     # no token for: clamp them to score something; the -inf keeps it out anyway
     codes = np.minimum(index.codes[rows], np.asarray(head.level_sizes) - 1)
-    sid = candidate_logprobs(model, ids, codes, level_ids, pad_id)
+    sid = candidate_scores(model, ids, codes, level_ids, pad_id)
     fused = top.values.double() + head.fuse_weight * torch.as_tensor(sid)
     fused = fused.masked_fill(~torch.isfinite(top.values), float("-inf"))
     order = torch.argsort(fused, dim=1, descending=True, stable=True)[:, :k]

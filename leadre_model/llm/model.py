@@ -67,7 +67,9 @@ class DenseHeadSettings(StrictConfig):
         default="mix", description="how retrieval uses the head (llm/dense_head.py)")
     fuse_candidates: int = Field(default=50, ge=1, description="rerank 'fuse': the dense "
                                  "head's top this many ads are scored by the S-ID head too")
-    fuse_weight: float = Field(default=1.0, gt=0, description="rerank 'fuse': rank by dense "
+    # 0.1: the best of 0-2 on amazon-toys validation (docs/results/amazon-toys/head-fusion);
+    # at 1 the weaker S-ID head pulls the list down (0.0814 vs 0.0848 unfused)
+    fuse_weight: float = Field(default=0.1, gt=0, description="rerank 'fuse': rank by dense "
                                "log-softmax + this × S-ID log-probability")
     id_input: bool = Field(default=False, description="also add each prompt ad's id vector "
                            "(the same table the head scores with, tied as in SASRec) at the "

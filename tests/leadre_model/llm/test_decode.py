@@ -18,13 +18,13 @@ from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import (
     Hit,
     beam_search_codes,
+    candidate_scores,
     constrained_beam_search,
     encode_prompts,
     exhaustive_scores,
 )
 from leadre_model.llm.model import LLMConfig, build_model, neutral_generation_config
 from leadre_model.llm.prefix_attention import supports_shared_prefix
-from leadre_model.llm.sid_scores import candidate_logprobs
 from leadre_model.llm.tokenizer import level_token_ids, train_tokenizer
 from leadre_model.prompts.tasks import AdvertiserVocab
 
@@ -177,17 +177,18 @@ def test_advertisers_decode_through_their_trie(models, tok) -> None:
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
-def test_candidate_logprobs_equal_exhaustive_scores(models, tok, ltok, trie, arch: str) -> None:
-    """Teacher-forced S-ID scores of chosen candidates (llm/sid_scores.py, the dense head's
-    ``fuse``) are the beam's scores: same oracle, prompts of different lengths in a batch."""
+def test_candidate_scores_equal_exhaustive_scores(models, tok, ltok, trie, arch: str) -> None:
+    """Teacher-forced S-ID scores of chosen candidates (the dense head's ``fuse``) are the
+    beam's scores: same oracle, both engines, prompts of different lengths in a batch."""
     model = models[arch]
     exact = [exhaustive_scores(model, tok, prompt, trie, ltok) for prompt in PROMPTS]
     picks = [[h for i, h in enumerate(hits) if i % 3 == 0][:6] for hits in exact]
     codes = np.array([[h.codes for h in p] for p in picks])
-    got = candidate_logprobs(model, encode_prompts(tok, PROMPTS), codes, ltok,
-                             tok.pad_token_id, batch_size=3)
     want = np.array([[h.logprob for h in p] for p in picks])
-    assert got.shape == (len(PROMPTS), 6)
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    for engine in ["reorder"] + (["shared_prefix"] if arch != "gpt2" else []):
+        got = candidate_scores(model, encode_prompts(tok, PROMPTS), codes, ltok,
+                               tok.pad_token_id, batch_size=3, engine=engine)
+        assert got.shape == (len(PROMPTS), 6)
+        np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="codes must be"):
-        candidate_logprobs(model, encode_prompts(tok, PROMPTS), codes[0], ltok, tok.pad_token_id)
+        candidate_scores(model, encode_prompts(tok, PROMPTS), codes[0], ltok, tok.pad_token_id)

@@ -5,7 +5,7 @@ candidates (a product of the two experts, LIGER-style, without a beam that could
 
 Per prompt: the dense head's log-softmax over all ads (as `--rerank full` serves), its top M
 (default 50) candidates, their S-ID log-probability teacher-forced
-(llm/sid_scores.py), and the top 10 by dense + w · S-ID for several w (w = 0 is the served
+(llm/decode.py candidate_scores), and the top 10 by dense + w · S-ID for several w (w = 0 is the served
 list). Same 5,000 users as `leadre eval --max-test-users 5000`; validation = each user's
 second-to-last target from the history before it (choose w there), test = the eval's target.
 Recall@10 with and without the user's seen ads masked; se = binomial standard error.
@@ -19,10 +19,9 @@ import torch
 
 from leadre_model.eval.harness import EvalConfig, build_eval_data
 from leadre_model.eval.metrics import recall_at_k
-from leadre_model.llm.decode import encode_prompts
+from leadre_model.llm.decode import candidate_scores, encode_prompts
 from leadre_model.llm.dense_head import dense_head_of, prompt_scores
 from leadre_model.llm.retriever import SidRetriever
-from leadre_model.llm.sid_scores import candidate_logprobs
 from leadre_model.prompts.tasks import build_samples
 
 world, index_dir, model_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -80,7 +79,7 @@ for split in ("valid", "test"):
         dense = np.take_along_axis(s, cand, 1)
         codes = sid.index.codes[row_of[cand]]
         t1 = time.time()
-        sidlp = candidate_logprobs(model, ids_by_user, codes, sid.level_ids,
+        sidlp = candidate_scores(model, ids_by_user, codes, sid.level_ids,
                                    sid.tokenizer.pad_token_id)
         cost = time.time() - t1
         hit_m = float(np.mean([t in c for t, c in zip(tgt, cand)]))
