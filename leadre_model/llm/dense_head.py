@@ -276,7 +276,8 @@ def rerank_hits(model: PreTrainedModel, head: DenseHead, tokenizer: PreTrainedTo
             return _top_hits(logp, k, index)
         if level_ids is None:
             raise ValueError("rerank 'fuse' needs the S-ID token ids per level (level_ids)")
-        return _fused_hits(model, head, ids, logp, k, index, level_ids, tokenizer.pad_token_id)
+        return _fused_hits(model, head, ids, logp, k, index, level_ids, tokenizer.pad_token_id,
+                           batch_size)
     out = []
     for i, cands in enumerate(hits):
         if not cands:
@@ -300,7 +301,7 @@ def _top_hits(scores: torch.Tensor, k: int, index: SidIndex) -> list[list[Hit]]:
 
 def _fused_hits(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequence[int]],
                 logp: torch.Tensor, k: int, index: SidIndex, level_ids: Sequence[np.ndarray],
-                pad_id: int) -> list[list[Hit]]:
+                pad_id: int, batch_size: int) -> list[list[Hit]]:
     """The dense top ``fuse_candidates`` re-ranked by dense + ``fuse_weight`` · S-ID."""
     m = min(max(k, head.fuse_candidates), logp.shape[1])
     top = logp.topk(m, dim=1)
@@ -308,7 +309,7 @@ def _fused_hits(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequence[
     # a -inf row (inactive, excluded, beyond the vocabulary) may have codes the model has
     # no token for: clamp them to score something; the -inf keeps it out anyway
     codes = np.minimum(index.codes[rows], np.asarray(head.level_sizes) - 1)
-    sid = candidate_scores(model, ids, codes, level_ids, pad_id)
+    sid = candidate_scores(model, ids, codes, level_ids, pad_id, batch_size)
     fused = top.values.double() + head.fuse_weight * torch.as_tensor(sid)
     fused = fused.masked_fill(~torch.isfinite(top.values), float("-inf"))
     order = torch.argsort(fused, dim=1, descending=True, stable=True)[:, :k]
