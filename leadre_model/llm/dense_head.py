@@ -79,6 +79,25 @@ class DenseHead(torch.nn.Module):
                 if table is not None:
                     table.weight.copy_(torch.randn(table.weight.shape, generator=gen) * 0.02)
 
+    def init_ids(self, vectors: np.ndarray, std: float = 0.02) -> int:
+        """Start the ad-id rows from ``vectors`` (ads × hidden, e.g. item-CF embeddings):
+        each nonzero row rescaled to the norm the random start gives a row (``std`` per
+        entry), so only the rows' directions change; zero rows keep their random start.
+        Returns how many rows were set."""
+        if self.ids is None:
+            raise ValueError("init_ids: the dense head has no ad-id table")
+        n, hidden = self.ids.weight.shape
+        if vectors.ndim != 2 or vectors.shape[1] != hidden or len(vectors) < n:
+            raise ValueError(f"init_ids: vectors of shape {vectors.shape}, the table is "
+                             f"({n}, {hidden})")
+        vec = torch.as_tensor(vectors[:n], dtype=torch.float32)
+        norm = vec.norm(dim=1, keepdim=True)
+        keep = norm.squeeze(1) > 0
+        with torch.no_grad():
+            rows = vec[keep] / norm[keep] * (std * hidden ** 0.5)
+            self.ids.weight[keep.to(self.ids.weight.device)] = rows.to(self.ids.weight)
+        return int(keep.sum())
+
     def set_table(self, tokenizer: PreTrainedTokenizerBase, index: SidIndex) -> None:
         """(Re)build the ad → codes table and the S-ID lookup for ``index``."""
         if index.codes.shape[1] != len(self.level_sizes):

@@ -74,11 +74,17 @@ class DenseHeadSettings(StrictConfig):
     id_input: bool = Field(default=False, description="also add each prompt ad's id vector "
                            "(the same table the head scores with, tied as in SASRec) at the "
                            "last token of its S-ID; needs id_table")
+    id_init: Literal["random", "collab"] = Field(
+        default="random", description="start of the ad-id table: small random vectors, or "
+        "the item-CF embedding of the training sequences (SVD of their co-occurrence, text "
+        "prediction for rare ads; index/collab.py) at the same norm")
 
     @model_validator(mode="after")
     def _id_input_needs_ids(self) -> DenseHeadSettings:
         if self.id_input and not self.id_table:
             raise ValueError("dense_head.id_input needs id_table (the vectors it adds)")
+        if self.id_init == "collab" and not self.id_table:
+            raise ValueError("dense_head.id_init 'collab' needs id_table (the vectors it sets)")
         return self
 
 

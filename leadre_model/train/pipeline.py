@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from leadre_model.configbase import StrictConfig
+from leadre_model.data.split import train_item_sequences
 from leadre_model.data.store import load_ads
 from leadre_model.device import describe
+from leadre_model.index.collab import CollabConfig, fit_collab
 from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index, load_trie
 from leadre_model.index.sids import sid_vocabulary
 from leadre_model.index.trie import SidTrie
@@ -243,7 +246,13 @@ def train_leadre(
     if cfg.llm.item_text:
         attach_item_text(model, tokenizer, index, load_embeddings(index_dir), cfg.llm.seed)
     if cfg.llm.dense_head is not None:
-        attach_dense_head(model, tokenizer, index, cfg.llm.dense_head, cfg.llm.seed)
+        head = attach_dense_head(model, tokenizer, index, cfg.llm.dense_head, cfg.llm.seed)
+        if cfg.llm.dense_head.id_init == "collab":
+            t1 = time.perf_counter()
+            vectors = collab_id_vectors(world, index, index_dir, head.query.in_features,
+                                        cfg.llm.seed)
+            head.init_ids(vectors)
+            timings["collab_init_s"] = time.perf_counter() - t1
     model.to(device)
 
     selector = None
@@ -301,6 +310,18 @@ def train_leadre(
     (Path(out) / "train_log.json").write_text(json.dumps(summary, indent=2))
     plot_training(summary, Path(out) / "training.png")
     return summary
+
+
+def collab_id_vectors(world: Path, index: SidIndex, index_dir: Path, dim: int,
+                      seed: int) -> np.ndarray:
+    """Item-CF embeddings (``dim`` wide, index rows) of the users' *training* sequences, as
+    collaborative S-IDs use them (``index/collab.py``: SVD of the 1/gap co-occurrence, an
+    ad with little traffic partly predicted from its text), for the dense head's ad-id
+    table: ads that co-occur start close, and a rare ad starts near what its text and few
+    neighbours say instead of at noise. No validation or test target is in them."""
+    row_of = {a: i for i, a in enumerate(index.ad_ids)}
+    return fit_collab(load_embeddings(index_dir), train_item_sequences(world, row_of),
+                      CollabConfig(dim=dim), seed).vectors
 
 
 def dpo_pairs(model: Any, tokenizer: Any, index: SidIndex, world: Path,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from leadre_model.data.split import train_item_sequences
+from leadre_model.index.collab import cooccurrence
 from leadre_model.index.sid_index import load_index
 from leadre_model.llm.decode import exhaustive_scores
 from leadre_model.llm.dense_head import MODULE, attach_dense_head, dense_head_of, prompt_scores
@@ -15,7 +18,7 @@ from leadre_model.llm.model import DenseHeadSettings, LLMConfig, build_model
 from leadre_model.llm.retriever import SidRetriever
 from leadre_model.llm.tokenizer import train_tokenizer
 from leadre_model.prompts.tasks import build_samples
-from leadre_model.train.pipeline import TRAIN_PRESETS, train_leadre
+from leadre_model.train.pipeline import TRAIN_PRESETS, collab_id_vectors, train_leadre
 from leadre_model.train.validate import ValidationConfig
 
 CFG = LLMConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
@@ -86,14 +89,47 @@ def test_id_input_adds_each_ads_own_vector_at_the_end_of_its_sid(small_index: Pa
         DenseHeadSettings(id_input=True, id_table=False)
 
 
+def test_collab_init_starts_co_occurring_ads_close(tiny_world_index) -> None:  # type: ignore[no-untyped-def]
+    world, index_dir = tiny_world_index
+    index = load_index(index_dir)
+    vectors = collab_id_vectors(world, index, index_dir, CFG.hidden_size, seed=0)
+    assert vectors.shape == (len(index), CFG.hidden_size)
+    model, _ = _model(index, id_init="collab")
+    head = dense_head_of(model)
+    before = head.ids.weight.detach().clone()
+    vectors[5] = 0.0  # an ad without a vector keeps its random start
+    set_rows = head.init_ids(vectors)
+    rows = head.ids.weight.detach()
+    assert set_rows == int((np.linalg.norm(vectors, axis=1) > 0).sum()) > len(index) // 2
+    torch.testing.assert_close(rows[5], before[5])
+    # the random start's norm (0.02 per entry), the vectors' directions
+    on = torch.as_tensor(np.linalg.norm(vectors, axis=1) > 0)
+    norms = rows[on].norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 0.02 * CFG.hidden_size ** 0.5))
+    cos = torch.nn.functional.cosine_similarity(rows[on], torch.as_tensor(vectors)[on])
+    torch.testing.assert_close(cos, torch.ones_like(cos))
+    # ads that co-occur most in the training sequences start closer than ads that never do
+    row_of = {a: i for i, a in enumerate(index.ad_ids)}
+    co = cooccurrence(train_item_sequences(world, row_of), len(index), 3).toarray()
+    a, b = np.unravel_index(np.argmax(co), co.shape)
+    unit = torch.nn.functional.normalize(rows, dim=1)
+    never = [(i, j) for i in range(len(index)) for j in range(i)
+             if co[i, j] == 0 and on[i] and on[j]]
+    assert float(unit[a] @ unit[b]) > np.mean([float(unit[i] @ unit[j]) for i, j in never])
+    with pytest.raises(ValueError, match="shape"):
+        head.init_ids(vectors[:, :3])
+    with pytest.raises(ValueError, match="id_table"):
+        DenseHeadSettings(id_init="collab", id_table=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_world_index, tmp_path_factory):  # type: ignore[no-untyped-def]
     world, index_dir = tiny_world_index
     root = tmp_path_factory.mktemp("dense")
     base = TRAIN_PRESETS["cpu"]
     cfg = base.model_copy(update={
-        "llm": base.llm.model_copy(update={"dense_head": DenseHeadSettings(rerank="dense",
-                                                                        id_input=True)}),
+        "llm": base.llm.model_copy(update={"dense_head": DenseHeadSettings(
+            rerank="dense", id_input=True, id_init="collab")}),
         "seq": base.seq.model_copy(update={"epochs": 3, "logging_steps": 1}),
         "validation": ValidationConfig(users=20, every_epochs=1.5)})
     summary = train_leadre(world, index_dir, root / "model", cfg, progress=False)
@@ -106,6 +142,7 @@ def test_trl_training_trains_the_head_and_it_survives_save_and_load(trained) -> 
     sid = SidRetriever.from_dirs(model_dir, index_dir)
     head = dense_head_of(sid.model)
     assert head is not None and head.rerank == "dense" and head.id_input
+    assert summary["timings"]["collab_init_s"] > 0  # the id table started from item-CF
     # trained: the query map moved away from its identity init
     assert not torch.allclose(head.query.weight, torch.eye(head.query.in_features))
     # validation rounds score the model with every use of its head and select by its own
