@@ -320,8 +320,12 @@ def collab_id_vectors(world: Path, index: SidIndex, index_dir: Path, dim: int,
     table: ads that co-occur start close, and a rare ad starts near what its text and few
     neighbours say instead of at noise. No validation or test target is in them."""
     row_of = {a: i for i, a in enumerate(index.ad_ids)}
-    return fit_collab(load_embeddings(index_dir), train_item_sequences(world, row_of),
-                      CollabConfig(dim=dim), seed).vectors
+    # a wide checkpoint (hidden 1,536+) gets a rank-256 SVD padded with zeros: init_ids only
+    # keeps directions, and a rank-1,536 SVD of the catalog would cost minutes for little
+    rank = min(dim, 256)
+    vectors = fit_collab(load_embeddings(index_dir), train_item_sequences(world, row_of),
+                         CollabConfig(dim=rank), seed).vectors
+    return np.pad(vectors, ((0, 0), (0, dim - rank)))
 
 
 def dpo_pairs(model: Any, tokenizer: Any, index: SidIndex, world: Path,

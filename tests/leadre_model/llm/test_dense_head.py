@@ -118,6 +118,9 @@ def test_collab_init_starts_co_occurring_ads_close(tiny_world_index) -> None:  #
     assert float(unit[a] @ unit[b]) > np.mean([float(unit[i] @ unit[j]) for i, j in never])
     with pytest.raises(ValueError, match="shape"):
         head.init_ids(vectors[:, :3])
+    # a width beyond the SVD's rank cap: the rank-256 vectors, zero-padded
+    wide = collab_id_vectors(world, index, index_dir, 300, seed=0)
+    assert wide.shape == (len(index), 300) and not wide[:, 256:].any() and wide.any()
     with pytest.raises(ValueError, match="id_table"):
         DenseHeadSettings(id_init="collab", id_table=False)
 
