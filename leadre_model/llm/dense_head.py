@@ -50,6 +50,7 @@ MODULE = DENSE_HEAD_MODULE
 CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank", "weight",
 #                                    "id_input", "fuse_candidates", "fuse_weight"}
 Rerank = Literal["off", "dense", "mix", "full", "fuse"]
+INIT_STD = 0.02  # per entry of the code and ad-id tables' random start
 
 
 class DenseHead(torch.nn.Module):
@@ -77,12 +78,12 @@ class DenseHead(torch.nn.Module):
             self.query.weight.copy_(torch.eye(self.query.in_features))
             for table in (self.codes, self.ids):
                 if table is not None:
-                    table.weight.copy_(torch.randn(table.weight.shape, generator=gen) * 0.02)
+                    table.weight.copy_(torch.randn(table.weight.shape, generator=gen) * INIT_STD)
 
-    def init_ids(self, vectors: np.ndarray, std: float = 0.02) -> int:
+    def init_ids(self, vectors: np.ndarray) -> int:
         """Start the ad-id rows from ``vectors`` (ads × hidden, e.g. item-CF embeddings):
-        each nonzero row rescaled to the norm the random start gives a row (``std`` per
-        entry), so only the rows' directions change; zero rows keep their random start.
+        each nonzero row rescaled to the norm the random start gives a row (``INIT_STD``
+        per entry), so only the rows' directions change; zero rows keep their random start.
         Returns how many rows were set."""
         if self.ids is None:
             raise ValueError("init_ids: the dense head has no ad-id table")
@@ -94,7 +95,7 @@ class DenseHead(torch.nn.Module):
         norm = vec.norm(dim=1, keepdim=True)
         keep = norm.squeeze(1) > 0
         with torch.no_grad():
-            rows = vec[keep] / norm[keep] * (std * hidden ** 0.5)
+            rows = vec[keep] / norm[keep] * (INIT_STD * hidden ** 0.5)
             self.ids.weight[keep.to(self.ids.weight.device)] = rows.to(self.ids.weight)
         return int(keep.sum())
 
