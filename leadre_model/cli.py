@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from leadre_model.clikit import console, friendly, print_counts
-from leadre_model.errors import UsageError
+from leadre_model.errors import BadInputError, UsageError
 from leadre_model.index.embed import EmbedConfig
 from leadre_model.index.rqvae import PRESETS, preset_for
 from leadre_model.index.sid_index import IndexConfig
@@ -280,6 +280,10 @@ def eval_cmd(
     exclude_seen: str = typer.Option("both", help="off | on | both: mask each user's earlier "
                                      "target ads in every retriever, LEADRE included"),
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
+    holdout_users: int | None = typer.Option(
+        None, min=1, help="refit (data/split.py): only these many users keep their validation "
+        "target held out, every other user's trains the baselines too; default: the one the "
+        "models were trained with, else none"),
     cache: Path | None = typer.Option(Path(".leadre_cache/baselines"),
                                       help="fitted-baseline cache (per split and settings)"),
     out: Path | None = typer.Option(None, help="write results.json, results.md and "
@@ -299,7 +303,9 @@ def eval_cmd(
         raise UsageError("--model needs --index (the index the model was trained on)")
     if exclude_seen not in ("off", "on", "both"):
         raise UsageError(f"--exclude-seen must be off, on or both, not {exclude_seen!r}")
+    holdout_users = _same_holdout(model, holdout_users)
     cfg = EvalConfig(max_test_users=max_test_users, seed=seed, progress=progress,
+                     holdout_users=holdout_users,
                      **({"recall_ks": (5, 10, 20)} if branches else {}))
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     sasrec = SASRecConfig(time_budget_s=sasrec_budget_s, seed=seed)
@@ -340,6 +346,34 @@ def eval_cmd(
         chart = recall_chart(results, out / "recall_at_10.png")
         console.print(f"results → {out} (results.json, results.md"
                       f"{', ' + chart.name if chart else ''})")
+
+
+def _same_holdout(models: list[Path], asked: int | None) -> int | None:
+    """The refit holdout every retriever gets: the models' own (their training config),
+    which ``asked`` must match. A baseline fitted on a different split than LEADRE would
+    not be the same comparison."""
+    from leadre_model.llm.manifest import Manifest
+
+    trained: dict[Path, int | None] = {}
+    for m in models:
+        try:
+            config = Manifest.read(m).extra.get("train", {}).get("config", {})
+        except (FileNotFoundError, BadInputError):
+            continue  # LeadreRetriever reports a directory that is not a model
+        trained[m] = config.get("holdout_users")
+    found = set(trained.values())
+    if len(found) > 1:
+        raise UsageError("the models were trained with different validation holdouts ("
+                         + ", ".join(f"{m}: {h}" for m, h in trained.items())
+                         + "); evaluate them separately")
+    if not trained:
+        return asked
+    own = found.pop()
+    if asked is not None and asked != own:
+        was = f"holdout_users {own}" if own else "no holdout (every validation target held out)"
+        raise UsageError(f"--holdout-users {asked}, but the models were trained with {was}; "
+                         "the baselines must see the split LEADRE saw: drop the option")
+    return own
 
 
 def _print_results(results: dict[str, Any], world: Path) -> None:

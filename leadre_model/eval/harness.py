@@ -14,6 +14,8 @@ Item-ID baselines (popularity, item-CF, SASRec) see only ``ad_history``: the seq
 earlier *targets* (positive ad events, click→conversion merged), not content behaviour.
 They are trained on each user's training targets and early-stop on the validation target;
 at test time the history also holds the validation target (the standard SASRec protocol).
+With ``holdout_users`` (a refit, :mod:`leadre_model.data.split`) only those users keep a
+validation target; every other user's is a training target, for every retriever alike.
 
 Figures on the test targets (full ranking over the catalog):
 HR@1/4/8 and NDCG@4/8 (paper); Recall@5/10 and NDCG@5/10 (TIGER); concentration and
@@ -40,7 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from leadre_model.data.records import AdStatus, Behavior, User
-from leadre_model.data.split import iter_user_histories, leave_one_out, target_indices
+from leadre_model.data.split import (
+    holdout_users,
+    iter_user_histories,
+    leave_one_out,
+    target_indices,
+)
 from leadre_model.data.store import load_ads
 from leadre_model.errors import UsageError
 from leadre_model.eval import metrics as M
@@ -68,6 +75,9 @@ class EvalConfig(BaseModel):
     category_field: Literal["category_l1", "category_l2"] = "category_l1"
     max_test_users: int | None = Field(None, ge=1, description="seeded subsample of test users")
     merge_conversions: bool = True
+    holdout_users: int | None = Field(None, ge=1, description="refit (data/split.py): only "
+                                      "these many users keep their validation target held "
+                                      "out; every other user's trains the baselines")
     itemcf: ItemCFConfig = ItemCFConfig()
     seed: int = 0
     progress: bool = True
@@ -242,9 +252,11 @@ def build_eval_data(world: Path, cfg: EvalConfig | None = None) -> EvalData:
     _, category = np.unique([getattr(a, cfg.category_field) for a in ads], return_inverse=True)
     train, vh, vt, cases, th, tt = [], [], [], [], [], []
     skipped = 0
+    holdout = (holdout_users(world, cfg.holdout_users, cfg.merge_conversions)
+               if cfg.holdout_users else None)
     users = iter_user_histories(world, positive_only=True)
     for h in tqdm(users, desc="split", unit=" users", disable=not cfg.progress):
-        split = leave_one_out(h, cfg.merge_conversions)
+        split = leave_one_out(h, cfg.merge_conversions, holdout)
         targets = target_indices(h, cfg.merge_conversions)
         known = [i for i in targets if h.behaviors[i].item_id in index]
         skipped += len(targets) - len(known)

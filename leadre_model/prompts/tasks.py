@@ -29,7 +29,8 @@ Splits follow :func:`leadre_model.data.split.leave_one_out`: train samples targe
 train targets (with ``positive_reuse`` every one of them, each with its own prefix as
 history; without it only the latest), so validation and test events are never a train
 target nor in a train history; valid and test give one sample per user and task, with no
-augmentation (canonical template, fixed profile order). Train augmentation draws from a
+augmentation (canonical template, fixed profile order). With a refit ``holdout`` only its
+users have a validation sample; every other user's validation target is a train target. Train augmentation draws from a
 ``random.Random`` seeded by (seed, task, user, target), so samples do not depend on which
 other tasks or users are generated alongside.
 
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -188,10 +189,12 @@ def user_samples(
     split: SplitName,
     advertisers: AdvertiserVocab | None = None,
     merge_conversions: bool = True,
+    holdout: Container[str] | None = None,
 ) -> Iterator[Sample]:
-    """``im`` / ``main`` / ``adv`` samples of one user for one split (module doc)."""
+    """``im`` / ``main`` / ``adv`` samples of one user for one split (module doc);
+    ``holdout``: the refit's validation users (``data/split.py``)."""
     cfg, index = builder.cfg, builder.index
-    s = leave_one_out(h, merge_conversions)
+    s = leave_one_out(h, merge_conversions, holdout)
     if split == "train":
         targets = s.train_targets if cfg.positive_reuse else s.train_targets[-1:]
     else:
@@ -199,7 +202,8 @@ def user_samples(
         targets = [] if target is None else [target]
     uid = h.user.user_id
     if "seq" in tasks and split == "train" and s.train_targets:
-        end = s.valid if s.valid is not None else s.train_targets[-1] + 1
+        # the row ends before the first held-out target: validation, or test for a refit user
+        end = next((i for i in (s.valid, s.test) if i is not None), s.train_targets[-1] + 1)
         tokens, mask = builder.dense_row(h.user, h.behaviors[:end], s.train_targets)
         if any(mask):
             yield {**_sample("".join(tokens), "", "seq", uid, ""),
@@ -241,6 +245,7 @@ def iter_samples(
     count_tokens: Callable[[str], int] | None = None,
     users: Iterable[str] | None = None,
     merge_conversions: bool = True,
+    holdout: Container[str] | None = None,
 ) -> Iterator[Sample]:
     """Stream the samples of ``tasks`` for ``split`` from a world directory: ``ex`` first
     (catalog order), then per user (user-id order) per target per task."""
@@ -259,7 +264,7 @@ def iter_samples(
         return
     vocab = advertiser_vocab(index, ads) if "adv" in per_user else None
     for h in iter_user_histories(world, users, positive_only=True):
-        yield from user_samples(builder, h, per_user, split, vocab, merge_conversions)
+        yield from user_samples(builder, h, per_user, split, vocab, merge_conversions, holdout)
 
 
 def build_samples(
@@ -272,10 +277,12 @@ def build_samples(
     count_tokens: Callable[[str], int] | None = None,
     users: Iterable[str] | None = None,
     merge_conversions: bool = True,
+    holdout: Container[str] | None = None,
 ) -> list[Sample]:
     """:func:`iter_samples` as a list."""
     return list(iter_samples(world, index, cfg, tasks, split, count_tokens=count_tokens,
-                             users=users, merge_conversions=merge_conversions))
+                             users=users, merge_conversions=merge_conversions,
+                             holdout=holdout))
 
 
 __all__ = [

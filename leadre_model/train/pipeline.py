@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from leadre_model.configbase import StrictConfig
-from leadre_model.data.split import train_item_sequences
+from leadre_model.data.split import holdout_users, train_item_sequences
 from leadre_model.data.store import load_ads
 from leadre_model.device import describe
 from leadre_model.index.collab import CollabConfig, fit_collab
@@ -54,6 +54,10 @@ class TrainConfig(StrictConfig):
     validation: ValidationConfig | None = Field(default=None, description="score the last "
                                                 "stage on validation targets, keep the best "
                                                 "weights, early-stop (train/validate.py)")
+    holdout_users: int | None = Field(default=None, ge=1, description="refit: only these "
+                                      "many users keep their validation target held out (they "
+                                      "select the model); every other user's is trained on "
+                                      "(data/split.py). None: every user's is held out")
 
 
 # A model from scratch first learns the corpus (the `lm` stage, loss on every token), then
@@ -143,6 +147,12 @@ _CPU_90M_AUG = _CPU_90M_TIED.model_copy(update={
     "validation": _CPU_90M_TIED.validation.model_copy(update={"fit_schedule": True}),
 })
 
+# cpu-90m-aug as a refit (data/split.py): the 5,000 users that select the epoch keep their
+# validation target held out; every other user's is their last train target, so the model
+# learns the latest interaction of most users, as a production retrain would. Evaluate it
+# with the same holdout for every opponent (`leadre eval` takes it from the model).
+_CPU_90M_REFIT = _CPU_90M_AUG.model_copy(update={"holdout_users": 5000})
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
     "cpu": _CPU,
@@ -153,6 +163,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "cpu-90m-dense": _CPU_90M_DENSE,
     "cpu-90m-tied": _CPU_90M_TIED,
     "cpu-90m-aug": _CPU_90M_AUG,
+    "cpu-90m-refit": _CPU_90M_REFIT,
     # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
     "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
     # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
@@ -219,7 +230,8 @@ def train_leadre(
     tasks = _tasks(cfg.curriculum)
     # DPO pairs come from main-task prompts even when the curriculum trains `seq` rows
     needed = tasks + (["main"] if cfg.dpo is not None and "main" not in tasks else [])
-    samples = build_samples(world, index, cfg.prompts, needed, "train")
+    holdout = holdout_users(world, cfg.holdout_users) if cfg.holdout_users else None
+    samples = build_samples(world, index, cfg.prompts, needed, "train", holdout=holdout)
     by_task = {t: cap_samples([s for s in samples if s["task"] == t], cfg.max_samples_per_task,
                         cfg.sft.seed) for t in needed}
     timings["samples_s"] = time.perf_counter() - t0
@@ -257,7 +269,8 @@ def train_leadre(
 
     selector = None
     if cfg.validation is not None:
-        valid = cap_samples(build_samples(world, index, cfg.prompts, ["main"], "valid"),
+        valid = cap_samples(build_samples(world, index, cfg.prompts, ["main"], "valid",
+                                          holdout=holdout),
                             cfg.validation.users, cfg.sft.seed)
         selector = BestOnValidation(SidValidator(index, valid, cfg.validation, trie),
                                     cfg.validation, tokenizer,

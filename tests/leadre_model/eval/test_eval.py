@@ -177,6 +177,20 @@ def test_harness_on_synthetic_world(world: Path) -> None:
     assert table.count("\n") == 1 + len(retrievers) and "| sasrec_ce |" in table
 
 
+def test_refit_split_trains_baselines_on_every_other_users_validation_target(world: Path) -> None:
+    classic = build_eval_data(world, EvalConfig(progress=False))
+    refit = build_eval_data(world, EvalConfig(progress=False, holdout_users=10))
+    assert refit.stats["valid"] == len(refit.valid_targets) == 10 < classic.stats["valid"]
+    # every validation target outside the holdout moved into training; test cases unchanged
+    moved = classic.stats["valid"] - refit.stats["valid"]
+    assert refit.stats["train_targets"] == classic.stats["train_targets"] + moved
+    assert refit.test_histories == classic.test_histories
+    assert (refit.test_targets == classic.test_targets).all()
+    longer = [len(a) - len(b) for a, b in zip(refit.train_sequences, classic.train_sequences)]
+    assert sorted(set(longer)) == [0, 1] and longer.count(1) == moved
+    assert refit.fingerprint != classic.fingerprint  # baselines are refitted, not reused
+
+
 def test_recent_lists_last_distinct_items_then_popularity() -> None:
     model = Recent(6).fit([[1, 1, 1, 2, 2, 0]])
     assert model.recommend([[4, 3, 4]], 4).tolist() == [[4, 3, 1, 2]]

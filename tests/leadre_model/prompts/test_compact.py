@@ -200,3 +200,33 @@ def test_real_catalog_preset_has_no_summary_to_leak(small_index, world):
         for split, task in (("train", "seq"), ("test", "main")):
             samples = build_samples(world, index, shipped, [task], split)
             assert samples and all(SUMMARY not in split_units(s["prompt"]) for s in samples)
+
+
+def test_refit_trains_every_users_validation_target_but_the_holdouts(small_index, world):
+    """A refit (data/split.py): the holdout's users keep their validation target held out
+    and are the only validation samples; every other user's row also has the loss on its
+    validation target; nobody's test target is ever labelled."""
+    from leadre_model.data.split import holdout_users
+
+    index = load_index(small_index)
+    hold = holdout_users(world, 10)
+    assert len(hold) == 10 and hold == holdout_users(world, 10)  # no seed, no state
+    assert holdout_users(world, 5) < hold  # the smallest hashes: a larger n adds users
+    cfg = CFG.model_copy(update={"token_budget": 5000})
+    valid = build_samples(world, index, cfg, ["main"], "valid", holdout=hold)
+    assert {s["user_id"] for s in valid} <= hold and len(valid) >= 8
+    rows = {s["user_id"]: s for s in build_samples(world, index, cfg, ["seq"], "train",
+                                                   holdout=hold)}
+    refit = 0
+    for h in iter_user_histories(world, positive_only=True):
+        uid, s = h.user.user_id, leave_one_out(h)
+        if uid not in rows:
+            continue
+        targets = s.train_targets + ([] if uid in hold or s.valid is None else [s.valid])
+        want = [t for i in targets if h.behaviors[i].item_id in index
+                for t in split_units(index.sid(index.row_of(h.behaviors[i].item_id)))]
+        units, mask = split_units(rows[uid]["prompt"]), rows[uid]["loss_mask"]
+        assert [u for u, m in zip(units, mask) if m == "1"] == want, uid
+        refit += uid not in hold
+        assert leave_one_out(h, holdout=hold).test == s.test
+    assert refit >= 20

@@ -114,3 +114,38 @@ def test_manifest_records_the_device_and_the_model_loads_on_one(trained):
     assert Manifest.read(model_dir).trained_on == summary["device"]
     sid = SidRetriever.from_dirs(model_dir, index_dir, device=torch.device("cpu"))
     assert sid.model.device.type == "cpu"
+
+
+def test_refit_selects_on_the_holdout_and_eval_gives_baselines_the_same_split(trained, tmp_path):
+    """`holdout_users`: validation scores only the holdout's users; `leadre eval` takes the
+    holdout from the model for every baseline and refuses a different one."""
+    import json
+    import subprocess
+    import sys
+
+    from leadre_model.train.validate import ValidationConfig
+
+    world, index_dir, _, _ = trained
+    base = TRAIN_PRESETS["cpu"]
+    cfg = base.model_copy(update={
+        "seq": base.seq.model_copy(update={"epochs": 1, "logging_steps": 1}),
+        "validation": ValidationConfig(users=500, every_epochs=1.0), "holdout_users": 12})
+    summary = train_leadre(world, index_dir, tmp_path / "m", cfg, progress=False)
+    assert summary["validation"]["users"] == 12 and summary["config"]["holdout_users"] == 12
+    assert summary["samples"]["seq"] == 40
+
+    def leadre(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "leadre", "eval", "--world", str(world),
+                               "--index", str(index_dir), "--model", str(tmp_path / "m"),
+                               "--baselines", "itemcf", "--exclude-seen", "off",
+                               "--no-progress", *args],
+                              capture_output=True, text=True, timeout=600, check=False)
+
+    bad = leadre("--holdout-users", "7")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr + bad.stdout
+    assert "trained with holdout_users 12" in bad.stderr, bad.stderr
+    ok = leadre("--out", str(tmp_path / "eval"))
+    assert ok.returncode == 0, ok.stderr
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert res["config"]["holdout_users"] == 12 and res["data"]["valid"] == 12
+    assert set(res["retrievers"]) == {"itemcf", "leadre"}
