@@ -30,9 +30,9 @@ train targets (with ``positive_reuse`` every one of them, each with its own pref
 history; without it only the latest), so validation and test events are never a train
 target nor in a train history; valid and test give one sample per user and task, with no
 augmentation (canonical template, fixed profile order). With a refit ``holdout`` only its
-users have a validation sample; every other user's validation target is a train target. Train augmentation draws from a
-``random.Random`` seeded by (seed, task, user, target), so samples do not depend on which
-other tasks or users are generated alongside.
+users have a validation sample; every other user's validation target is a train target.
+Train augmentation draws from a ``random.Random`` seeded by (seed, task, user, target), so
+samples do not depend on which other tasks or users are generated alongside.
 
 Advertiser vocabulary. An advertiser is written as two tokens, ``<a_12><adv_3>``: the
 first-level S-ID code that most of its indexed ads share (ties: the smaller code), then its
