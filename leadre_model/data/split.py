@@ -106,7 +106,7 @@ def holdout_users(world: Path, n: int, merge_conversions: bool = True) -> frozen
     if n < 1:
         raise ValueError(f"holdout needs at least one user, not {n}")
     ids = [h.user.user_id for h in iter_user_histories(world, positive_only=True)
-           if len(target_indices(h, merge_conversions)) >= 2]
+           if leave_one_out(h, merge_conversions).valid is not None]
     return frozenset(sorted(ids, key=_user_rank)[:n])
 
 
