@@ -12,7 +12,10 @@ added to the input embedding of the last S-ID token of every indexed ad in the t
 (input and output tables tied, as SASRec ties them): S-ID codes are shared by many ads, the
 id vector is what lets the model memorise an ad's own co-occurrences. Prompts are encoded
 in one call, so their ads are complete; single decode steps never are (outputs get none),
-and a new ad adds nothing (no row), so cold start still goes through the codes.
+and a new ad adds nothing (no row), so cold start still goes through the codes. With
+``text_output`` an ad's vector also gets its frozen text embedding through the model's
+item-text map (llm/item_text.py, the map of the input side: tied as the ids are), so ads
+that share codes differ by their text, and an ad added after training has text too.
 
 Training: two forward hooks, so the model stays a plain Hugging Face causal LM for TRL and
 the decoder — one on the backbone keeps the last hidden states, one on the model adds the
@@ -43,12 +46,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.llm.decode import Hit, Prompts, candidate_scores, encode_prompts
-from leadre_model.llm.model import DENSE_HEAD_MODULE, DenseHeadSettings
+from leadre_model.llm.model import DENSE_HEAD_MODULE, ITEM_TEXT_MODULE, DenseHeadSettings
 from leadre_model.llm.sid_windows import SidWindows
 
 MODULE = DENSE_HEAD_MODULE
 CONFIG_KEY = "leadre_dense_head"  # in config.json: {"level_sizes", "ids", "rerank", "weight",
-#                                    "id_input", "fuse_candidates", "fuse_weight"}
+#                                    "id_input", "fuse_candidates", "fuse_weight", "text_output"}
 Rerank = Literal["off", "dense", "mix", "full", "fuse"]
 INIT_STD = 0.02  # per entry of the code and ad-id tables' random start
 
@@ -71,6 +74,13 @@ class DenseHead(torch.nn.Module):
             self.register_buffer(name, torch.zeros(0), persistent=False)
         self._hidden: torch.Tensor | None = None
         self.last_loss = float("nan")  # mean dense CE of the last training batch
+        self._text: Any = None  # the model's item-text map with text_output (not a submodule)
+
+    def use_text(self, adapter: Any) -> None:
+        """Score ads with their text too, through ``adapter`` (llm/item_text.py's
+        ``ItemTextInput``: ``proj`` and the ``text`` table of the current index). Kept as a
+        plain attribute: the map is the model's and is saved once, there."""
+        object.__setattr__(self, "_text", adapter)
 
     def reset(self, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
@@ -119,6 +129,10 @@ class DenseHead(torch.nn.Module):
         if self.ids is not None:
             n = min(self.ids.num_embeddings, len(vec))
             vec = torch.cat([vec[:n] + self.ids.weight[:n], vec[n:]])
+        if self._text is not None:  # ads beyond the text table (added without it): none
+            n = min(len(self._text.text), len(vec))
+            vec = torch.cat([vec[:n] + self._text.proj(self._text.text[:n]).to(vec.dtype),
+                             vec[n:]])
         return vec * self.fits.unsqueeze(1).to(vec.dtype)
 
     def input_vectors(self, input_ids: torch.Tensor) -> torch.Tensor | None:
@@ -211,13 +225,24 @@ def attach_dense_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     head.reset(seed)
     head.to(model.get_input_embeddings().weight.device)
     head.set_table(tokenizer, index)
+    if cfg.text_output:
+        _share_text(model, head)
     _install(model, head)
     model.config.update({CONFIG_KEY: {"level_sizes": list(index.level_sizes), "ids": ids,
                                       "rerank": cfg.rerank, "weight": cfg.weight,
                                       "id_input": head.id_input,
                                       "fuse_candidates": cfg.fuse_candidates,
-                                      "fuse_weight": cfg.fuse_weight}})
+                                      "fuse_weight": cfg.fuse_weight,
+                                      "text_output": cfg.text_output}})
     return head
+
+
+def _share_text(model: PreTrainedModel, head: DenseHead) -> None:
+    adapter = getattr(model, ITEM_TEXT_MODULE, None)
+    if adapter is None:
+        raise BadInputError("dense head text_output: the model has no item-text map "
+                            "(attach or restore item text first)")
+    head.use_text(adapter)
 
 
 def dense_head_of(model: PreTrainedModel) -> DenseHead | None:
@@ -247,6 +272,8 @@ def restore_dense_head(model: PreTrainedModel, model_dir: str | Path,
     head.load_state_dict(state)
     head.to(model.get_input_embeddings().weight.device)
     head.set_table(tokenizer, index)
+    if spec.get("text_output"):
+        _share_text(model, head)
     _install(model, head)
     return head
 

@@ -78,6 +78,11 @@ class DenseHeadSettings(StrictConfig):
         default="random", description="start of the ad-id table: small random vectors, or "
         "the item-CF embedding of the training sequences (SVD of their co-occurrence, text "
         "prediction for rare ads; index/collab.py) at the same norm")
+    text_output: bool = Field(default=False, description="each ad's vector also gets its "
+                              "frozen text embedding through the model's item-text map (the "
+                              "map of the input, tied as the ids are; llm/item_text.py): ads "
+                              "that share codes differ by their text, new ads included; "
+                              "needs llm.item_text")
 
     @model_validator(mode="after")
     def _id_input_needs_ids(self) -> DenseHeadSettings:
@@ -131,6 +136,8 @@ class LLMConfig(StrictConfig):
             raise ValueError("dense_head with LoRA is not supported (the head would not be merged)")
         if self.item_text and self.lora is not None:
             raise ValueError("item_text with LoRA is not supported (the map would not be merged)")
+        if self.dense_head is not None and self.dense_head.text_output and not self.item_text:
+            raise ValueError("dense_head.text_output needs item_text (the map it shares)")
         return self
 
 

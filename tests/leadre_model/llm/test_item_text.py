@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from leadre_model.index.sid_index import SidIndex, load_embeddings, load_index
@@ -67,16 +68,20 @@ def test_save_load_through_the_retriever_gives_the_same_logits(small_index: Path
         assert not torch.allclose(sid.model(input_ids=ids).logits, want)
 
 
+def _unused_code(index: SidIndex) -> list[int]:
+    """An added ad's S-ID on a path of its own that the model can write: an unused last
+    semantic code."""
+    used = {tuple(c) for c in index.codes.tolist()}
+    return next(c for row in range(len(index)) for k in range(index.level_sizes[-2])
+                if tuple(c := [*index.codes[row, :-2].tolist(), k, 0]) not in used)
+
+
 def test_added_ads_get_their_text_in_an_extended_retriever(small_index: Path) -> None:
     index, emb = load_index(small_index), load_embeddings(small_index)
     model, tok = _model(index, emb)
     sid = SidRetriever(model, tok, index)
-    # an added ad on a path of its own that the model can write: an unused last semantic code
-    used = {tuple(c) for c in index.codes.tolist()}
-    code = next(c for row in range(len(index)) for k in range(index.level_sizes[-2])
-                if tuple(c := [*index.codes[row, :-2].tolist(), k, 0]) not in used)
     bigger = SidIndex(list(index.ad_ids), index.codes.copy(), index.active.copy(), index.config)
-    bigger.extend(["new-ad"], np.asarray([code]), np.array([True]))
+    bigger.extend(["new-ad"], np.asarray([_unused_code(index)]), np.array([True]))
     new_vec = np.random.default_rng(0).normal(size=(1, emb.shape[1])).astype(np.float32)
     ext, left_out = sid.extended(bigger, np.concatenate([emb, new_vec]))
     assert left_out == 0
@@ -84,7 +89,6 @@ def test_added_ads_get_their_text_in_an_extended_retriever(small_index: Path) ->
     add = getattr(ext.model, MODULE)(ids)
     assert add is not None
     torch.testing.assert_close(add[0, -1], getattr(ext.model, MODULE).proj(torch.as_tensor(new_vec[0])))
-
 
 
 def test_load_report_is_dropped_only_when_it_is_about_the_item_text_map_alone() -> None:
@@ -100,3 +104,47 @@ def test_load_report_is_dropped_only_when_it_is_about_the_item_text_map_alone() 
     keep = _OnlyItemTextReport()
     assert not keep.filter(rec(ours))
     assert keep.filter(rec(other)) and keep.filter(rec("some other warning"))
+
+
+def test_text_output_scores_ads_by_their_text_through_the_input_map(small_index: Path,
+                                                                     tmp_path: Path) -> None:
+    from leadre_model.llm.dense_head import attach_dense_head, dense_head_of, prompt_scores
+    from leadre_model.llm.model import DenseHeadSettings
+
+    index, emb = load_index(small_index), load_embeddings(small_index)
+    model, tok = _model(index, emb)
+    head = attach_dense_head(model, tok, index, DenseHeadSettings(text_output=True, id_input=True))
+    adapter = getattr(model, MODULE)
+    with torch.no_grad():
+        text = adapter.proj(torch.as_tensor(emb))
+        plain = head.codes(head.item_codes).sum(1) + head.ids.weight
+        torch.testing.assert_close(head.items(), plain + text)
+    # the map is the model's, saved once: the head's own state has no copy of it
+    assert not any("proj" in k for k in head.state_dict())
+    # the dense loss trains the shared map
+    ids = torch.tensor([tok(index.sid(3) + index.sid(11), add_special_tokens=False)["input_ids"]])
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert adapter.proj.weight.grad is not None and adapter.proj.weight.grad.abs().sum() > 0
+    model.eval()
+    # save → load through the retriever: the same scores, the map shared again
+    want = prompt_scores(model, head, ids.tolist())
+    save_model(model, tok, tmp_path / "m", index.digest())
+    sid = SidRetriever.from_dirs(tmp_path / "m", small_index)
+    again = dense_head_of(sid.model)
+    assert again is not None and again._text is getattr(sid.model, MODULE)
+    torch.testing.assert_close(prompt_scores(sid.model, again, ids.tolist()), want)
+    # an ad added with its text is scored by it (no id row: codes + text)
+    bigger = SidIndex(list(index.ad_ids), index.codes.copy(), index.active.copy(), index.config)
+    bigger.extend(["new-ad"], np.asarray([_unused_code(index)]), np.array([True]))
+    new_vec = np.random.default_rng(0).normal(size=(1, emb.shape[1])).astype(np.float32)
+    ext, _ = sid.extended(bigger, np.concatenate([emb, new_vec]))
+    head = dense_head_of(ext.model)
+    with torch.no_grad():
+        items = head.items()
+        want_new = (head.codes(head.item_codes[-1]).sum(0)
+                    + getattr(ext.model, MODULE).proj(torch.as_tensor(new_vec[0])))
+    torch.testing.assert_close(items[-1], want_new * head.fits[-1])
+    # the head needs the map it shares
+    with pytest.raises(ValueError, match="item_text"):
+        LLMConfig(dense_head=DenseHeadSettings(text_output=True))
