@@ -156,6 +156,15 @@ _CPU_90M_AUG = _CPU_90M_TIED.model_copy(update={
 # 0.0482 (classic 0.0400 vs 0.0430), 57 min (docs/results/amazon-{toys,sports}/refit).
 _CPU_90M_REFIT = _CPU_90M_AUG.model_copy(update={"holdout_users": 5000})
 
+# cpu-90m-refit with each ad's frozen MiniLM text embedding (the index's, the text the RQ-VAE
+# quantised) at the input and in the dense head's ad vectors, through one trained map (tied,
+# as the ids are: llm/item_text.py, DenseHeadSettings.text_output): ads that share S-ID codes
+# then differ by their text, rare and new ones included (issue 20; measured in
+# docs/results/amazon-{toys,sports}/text-head).
+_CPU_90M_TEXT = _CPU_90M_REFIT.model_copy(update={"llm": _CPU_90M_REFIT.llm.model_copy(update={
+    "item_text": True,
+    "dense_head": DenseHeadSettings(rerank="full", id_input=True, text_output=True)})})
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
     "cpu": _CPU,
@@ -167,6 +176,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "cpu-90m-tied": _CPU_90M_TIED,
     "cpu-90m-aug": _CPU_90M_AUG,
     "cpu-90m-refit": _CPU_90M_REFIT,
+    "cpu-90m-text": _CPU_90M_TEXT,
     # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
     "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
     # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
