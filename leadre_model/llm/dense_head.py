@@ -46,6 +46,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex
 from leadre_model.llm.decode import Hit, Prompts, candidate_scores, encode_prompts
+from leadre_model.llm.item_text import ItemTextInput
 from leadre_model.llm.model import DENSE_HEAD_MODULE, ITEM_TEXT_MODULE, DenseHeadSettings
 from leadre_model.llm.sid_windows import SidWindows
 
@@ -74,9 +75,9 @@ class DenseHead(torch.nn.Module):
             self.register_buffer(name, torch.zeros(0), persistent=False)
         self._hidden: torch.Tensor | None = None
         self.last_loss = float("nan")  # mean dense CE of the last training batch
-        self._text: Any = None  # the model's item-text map with text_output (not a submodule)
+        self._text: ItemTextInput | None = None  # with text_output (the model's, not a submodule)
 
-    def use_text(self, adapter: Any) -> None:
+    def use_text(self, adapter: ItemTextInput) -> None:
         """Score ads with their text too, through ``adapter`` (llm/item_text.py's
         ``ItemTextInput``: ``proj`` and the ``text`` table of the current index). Kept as a
         plain attribute: the map is the model's and is saved once, there."""
@@ -126,13 +127,10 @@ class DenseHead(torch.nn.Module):
     def items(self) -> torch.Tensor:
         """(ads, hidden): every ad's vector (zero for ads beyond the model's vocabulary)."""
         vec = self.codes(self.item_codes).sum(1)
-        if self.ids is not None:
-            n = min(self.ids.num_embeddings, len(vec))
-            vec = torch.cat([vec[:n] + self.ids.weight[:n], vec[n:]])
-        if self._text is not None:  # ads beyond the text table (added without it): none
-            n = min(len(self._text.text), len(vec))
-            vec = torch.cat([vec[:n] + self._text.proj(self._text.text[:n]).to(vec.dtype),
-                             vec[n:]])
+        if self.ids is not None:  # ads added after training have no row
+            vec = _add_leading(vec, self.ids.weight)
+        if self._text is not None:  # nor ads added without their text
+            vec = _add_leading(vec, self._text.proj(self._text.text))
         return vec * self.fits.unsqueeze(1).to(vec.dtype)
 
     def input_vectors(self, input_ids: torch.Tensor) -> torch.Tensor | None:
@@ -167,6 +165,12 @@ class DenseHead(torch.nn.Module):
         logits = self.scores(hidden[b, j - 1])
         ce = torch.nn.functional.cross_entropy(logits.float(), rows[b, j], reduction="none")
         return ce, torch.stack([b, j - 1])
+
+
+def _add_leading(vec: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``vec`` (ads, hidden) with ``rows`` added to its first ``len(rows)`` ads."""
+    n = min(len(rows), len(vec))
+    return torch.cat([vec[:n] + rows[:n].to(vec.dtype), vec[n:]])
 
 
 def _keep_hidden(module: torch.nn.Module, _args: Any, out: Any) -> None:
