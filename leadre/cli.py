@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from leadre_model.cli import data_app, eval_cmd, index_app, train
+from leadre_model.cli import data_app, ensemble, eval_cmd, index_app, train
 from leadre_model.clikit import friendly
 from leadre_model.eval.report_cli import report_app
 from leadre_model.experiments.cli import experiment_app
@@ -30,6 +30,7 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(report_app, name="report")
 app.command("train")(train)
 app.command("eval")(eval_cmd)
+app.command("ensemble")(ensemble)
 
 
 @app.callback()

@@ -217,6 +217,9 @@ def train(
         "256 on a GPU, so an epoch is bound by the GPU; the preset's figures hold for its own)"),
     epochs: float | None = typer.Option(None, min=0.01, help="epochs of every SFT stage "
                                         "instead of the preset's (validation still stops early)"),
+    members: int | None = typer.Option(None, min=1, help="an ensemble of this many models "
+                                       "instead of the preset's (each with its share of the "
+                                       "time budget; needs a dense head)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """SFT (the CPU recipe's dense seq stage, or EX → IM → Main) and DPO; saves
@@ -241,6 +244,8 @@ def train(
             update["curriculum"] = strip_lm(cfg.curriculum)
     if not dpo:
         update["dpo"] = None
+    if members is not None:
+        update["members"] = members
     stage_update = {k: v for k, v in (("batch_size", batch_size), ("epochs", epochs))
                     if v is not None}
     for stage in ("sft", "lm", "seq") if stage_update else ():
@@ -257,6 +262,25 @@ def print_trained(summary: dict[str, Any], out: Path) -> None:
     t = summary["timings"]
     console.print(f"model → {out}  samples {summary['samples']}  DPO pairs {summary['dpo_pairs']}  "
                   + "  ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    for i, m in enumerate(summary.get("members", [])):
+        best = {k: v for k, v in (m.get("validation") or {}).items() if k.startswith("best_")}
+        console.print(f"  member {i}: sft_s {m['timings']['sft_s']:.0f}  "
+                      + "  ".join(f"{k} {v:g}" for k, v in best.items()))
+
+
+@friendly
+def ensemble(
+    model: list[Path] = typer.Option(..., help="a trained model with a dense head; give two "
+                                     "or more (the first one's tokenizer and prompts serve all)"),
+    out: Path = typer.Option(..., help="ensemble model directory to write"),
+) -> None:
+    """Join models trained apart (e.g. on several machines at once, seeds differing) into
+    one ensemble that ranks by their mean dense log-probability."""
+    from leadre_model.llm.ensemble import join_models
+
+    manifest = join_models(model, out)
+    console.print(f"ensemble → {out}  {1 + len(manifest['members'])} members  "
+                  f"version {manifest['model_version']}")
 
 
 @friendly

@@ -303,6 +303,23 @@ def prompt_scores(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequenc
     return torch.cat(out) if out else torch.zeros(0, len(head.item_codes))
 
 
+def ensemble_log_probs(models: Sequence[PreTrainedModel], ids: Sequence[Sequence[int]],
+                       batch_size: int = 64) -> torch.Tensor:
+    """(prompts, ads) mean over ``models`` (an ensemble, each with its dense head) of their
+    dense log-probabilities: averaging log-probabilities (a product of the members'
+    distributions) keeps an ad high only where every member puts it high."""
+    total = None
+    for m in models:
+        head = dense_head_of(m)
+        if head is None:
+            raise BadInputError("every ensemble member needs a dense head")
+        logp = torch.log_softmax(prompt_scores(m, head, ids, batch_size), dim=1)
+        total = logp if total is None else total + logp
+    if total is None:
+        raise ValueError("an ensemble needs at least one model")
+    return total / len(models)
+
+
 def rerank_hits(model: PreTrainedModel, head: DenseHead, tokenizer: PreTrainedTokenizerBase,
                 prompts: Prompts, hits: Sequence[Sequence[Hit]], mode: Rerank, k: int,
                 index: SidIndex, exclude: Sequence[Collection[int]] | None = None,
@@ -369,5 +386,5 @@ def _fused_hits(model: PreTrainedModel, head: DenseHead, ids: Sequence[Sequence[
             for i in range(len(rows))]
 
 
-__all__ = ["DenseHead", "attach_dense_head", "dense_head_of",
+__all__ = ["DenseHead", "attach_dense_head", "dense_head_of", "ensemble_log_probs",
            "prompt_scores", "rerank_hits", "restore_dense_head"]

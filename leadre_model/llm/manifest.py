@@ -54,6 +54,7 @@ class Manifest(BaseModel):
     index_digest: str = ""
     level_sizes: list[int] = []
     created: str = ""
+    members: list[str] = []  # an ensemble's other models, relative paths (llm/model.py)
     extra: dict[str, Any] = {}
 
     @classmethod

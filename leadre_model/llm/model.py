@@ -277,9 +277,12 @@ def save_model(
     out_dir: str | Path,
     index_digest: str,
     extra: dict[str, Any] | None = None,
+    members: Sequence[PreTrainedModel] = (),
 ) -> dict[str, Any]:
     """Write weights (safetensors), config, tokenizer and ``manifest.json`` into a temp dir
-    and swap it in (readers never see half a model). Returns the manifest."""
+    and swap it in (readers never see half a model). Returns the manifest. ``members``: the
+    other models of an ensemble (same tokenizer), saved in ``members/1``, ``members/2``, …
+    (:func:`load_members`); the version then hashes every member's weights."""
     if hasattr(model, "merge_and_unload"):  # PEFT: save the merged plain model
         import copy
 
@@ -287,14 +290,17 @@ def save_model(
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        weights = _files_sha256(sorted(tmp.glob("*.safetensors")))
+        paths = [f"{MEMBERS_DIR}/{i}" for i in range(1, len(members) + 1)]
+        for path, member in zip(paths, members, strict=True):
+            member.save_pretrained(tmp / path, safe_serialization=True)
+        weights = weights_sha256(tmp, paths)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_version": weights[:16],  # content-addressed: same weights, same version
             "base": model.name_or_path or model.config.model_type,
             "architecture": model.config.model_type,
-            "num_parameters": model.num_parameters(),
+            "num_parameters": sum(m.num_parameters() for m in (model, *members)),
             "weights_sha256": weights,
             "tokenizer_sha256": tokenizer_hash(tokenizer),
             "index_digest": index_digest,
@@ -302,6 +308,8 @@ def save_model(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "extra": extra or {},
         }
+        if paths:
+            manifest["members"] = paths
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -337,6 +345,32 @@ def load_model(
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer, manifest
+
+
+MEMBERS_DIR = "members"  # an ensemble's other models, inside the model directory
+
+
+def load_members(model_dir: str | Path, manifest: dict[str, Any], dtype: torch.dtype | None = None,
+                 device: torch.device | None = None) -> list[PreTrainedModel]:
+    """The other members of an ensemble saved by :func:`save_model` (none for a single
+    model), in eval mode on ``device``; they use the model directory's tokenizer. The item
+    text map and the dense head are restored by the caller, as for the first member."""
+    out = []
+    for rel in Manifest.model_validate(manifest).members:
+        path = Path(model_dir) / rel
+        if not path.resolve().is_relative_to(Path(model_dir).resolve()):
+            raise BadInputError(f"{model_dir}: ensemble member {rel!r} lies outside the model")
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"{model_dir}: the manifest lists ensemble member {rel!r}, "
+                                "but it is not saved there")
+        with _quiet_item_text_report():
+            member = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                          dtype=dtype)
+        member.name_or_path = manifest["base"]
+        if device is not None:
+            member.to(device)
+        out.append(member.eval())
+    return out
 
 
 # The item-text map (llm/item_text.py) and the dense head (llm/dense_head.py) are saved with
@@ -443,6 +477,12 @@ def _resize_with_mean(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             w[new] = (base.mean(0) + noise).to(w.dtype)
 
 
+def weights_sha256(model_dir: Path, members: Sequence[str] = ()) -> str:
+    """The hash of a saved model's weights: its own safetensors, then each member's."""
+    return _files_sha256([f for d in (model_dir, *(model_dir / m for m in members))
+                          for f in sorted(d.glob("*.safetensors"))])
+
+
 def _files_sha256(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -456,6 +496,7 @@ __all__ = [
     "LLMConfig",
     "build_model",
     "leadre_token_ids",
+    "load_members",
     "load_model",
     "load_tokenizer",
     "neutral_generation_config",
@@ -463,4 +504,5 @@ __all__ = [
     "save_model",
     "sid_level_sizes",
     "train_only_token_rows",
+    "weights_sha256",
 ]

@@ -21,11 +21,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import SidIndex, load_index, load_trie
 from leadre_model.index.trie import SidTrie
-from leadre_model.llm.decode import Hit, Prompts, cold_prefix_nodes, constrained_beam_search
-from leadre_model.llm.dense_head import Rerank, dense_head_of, rerank_hits, restore_dense_head
+from leadre_model.llm.decode import (
+    Hit,
+    Prompts,
+    cold_prefix_nodes,
+    constrained_beam_search,
+    encode_prompts,
+)
+from leadre_model.llm.dense_head import (
+    Rerank,
+    dense_head_of,
+    ensemble_log_probs,
+    rerank_hits,
+    restore_dense_head,
+)
 from leadre_model.llm.item_text import MODULE, restore_item_text
 from leadre_model.llm.manifest import Manifest
-from leadre_model.llm.model import load_model
+from leadre_model.llm.model import load_members, load_model
 from leadre_model.llm.tokenizer import level_token_ids
 
 
@@ -38,10 +50,14 @@ class SidRetriever:
                  index: SidIndex, trie: SidTrie | None = None,
                  level_ids: Sequence[np.ndarray] | None = None,
                  manifest: Manifest | None = None,
-                 cold_nodes: Sequence[np.ndarray] | None = None) -> None:
+                 cold_nodes: Sequence[np.ndarray] | None = None,
+                 members: Sequence[PreTrainedModel] = ()) -> None:
         """``level_ids`` default to the S-ID tokens of the trie's level sizes (the
-        index's); ``cold_nodes``: see :func:`~leadre_model.llm.decode.cold_prefix_nodes`."""
+        index's); ``cold_nodes``: see :func:`~leadre_model.llm.decode.cold_prefix_nodes`;
+        ``members``: an ensemble's other models (their dense heads restored), whose dense
+        log-probabilities are averaged with ``model``'s wherever the dense head ranks."""
         self.model, self.tokenizer, self.index, self.manifest = model, tokenizer, index, manifest
+        self.members = list(members)
         self.trie = trie if trie is not None else index.build_trie()
         self.level_ids = (list(level_ids) if level_ids is not None
                           else level_token_ids(tokenizer, self.trie.level_sizes))
@@ -58,10 +74,15 @@ class SidRetriever:
         index = load_index(Path(index_dir))
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
                                                 dtype=dtype, device=device)
-        restore_item_text(model, model_dir, tokenizer, index, index_dir)
-        restore_dense_head(model, model_dir, tokenizer, index)
+        members = load_members(model_dir, manifest, dtype=dtype, device=device)
+        paths = [Path(model_dir), *(Path(model_dir) / rel for rel in manifest.get("members", []))]
+        for m, path in zip([model, *members], paths, strict=True):
+            restore_item_text(m, path, tokenizer, index, index_dir)
+            if restore_dense_head(m, path, tokenizer, index) is None and members:
+                raise BadInputError(f"{path}: an ensemble member without a dense head "
+                                    "(members are combined through their dense heads)")
         return cls(model, tokenizer, index, load_trie(Path(index_dir)),
-                   manifest=Manifest.model_validate(manifest))
+                   manifest=Manifest.model_validate(manifest), members=members)
 
     def extended(self, index: SidIndex,
                  embeddings: np.ndarray | None = None) -> tuple[SidRetriever, int]:
@@ -80,16 +101,17 @@ class SidRetriever:
         fits = (index.codes < np.asarray(sizes)).all(axis=1)
         trie = SidTrie.build(index.codes[fits], np.flatnonzero(fits), active=index.active[fits],
                              level_sizes=sizes)
-        adapter = getattr(self.model, MODULE, None)
-        if adapter is not None and embeddings is not None:  # a superset: old rows unchanged
-            adapter.set_table(self.tokenizer, index, embeddings)
-        head = dense_head_of(self.model)
-        if head is not None:  # added ads: scored by their codes (no id row)
-            head.set_table(self.tokenizer, index)
+        for m in (self.model, *self.members):
+            adapter = getattr(m, MODULE, None)
+            if adapter is not None and embeddings is not None:  # a superset: old rows unchanged
+                adapter.set_table(self.tokenizer, index, embeddings)
+            head = dense_head_of(m)
+            if head is not None:  # added ads: scored by their codes (no id row)
+                head.set_table(self.tokenizer, index)
         cold = np.arange(len(index)) >= n
         nodes = cold_prefix_nodes(trie, index.codes[fits], cold[fits]) if cold.any() else None
         return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,
-                             self.manifest, nodes), int((~fits).sum()))
+                             self.manifest, nodes, self.members), int((~fits).sum()))
 
     def retrieve(self, prompts: Prompts, beam_width: int, top_k: int | None = None,
                  exclude: Sequence[Collection[int]] | None = None,
@@ -99,13 +121,18 @@ class SidRetriever:
         index rows prompt ``i`` must not return; ``cold_nodes`` default to this retriever's.
         See :func:`~leadre_model.llm.decode.constrained_beam_search`. A model with a dense
         head (llm/dense_head.py) re-ranks the whole beam by it (``self.rerank``, default the
-        head's own setting) and returns the top ``top_k`` of that order."""
+        head's own setting) and returns the top ``top_k`` of that order. An ensemble's
+        members decode nothing: their dense log-probabilities join the head's."""
         head = dense_head_of(self.model)
         mode = self.rerank or (head.rerank if head is not None else "off")
         k = beam_width if top_k is None else top_k
+        scores = None
+        if head is not None and self.members and mode != "off":
+            scores = ensemble_log_probs([self.model, *self.members],
+                                        encode_prompts(self.tokenizer, prompts), batch_size)
         if head is not None and mode in ("full", "fuse"):  # no beam search: the dense top-k
             return rerank_hits(self.model, head, self.tokenizer, prompts, [[]] * len(prompts),
-                               mode, k, self.index, exclude, batch_size,
+                               mode, k, self.index, exclude, batch_size, scores=scores,
                                level_ids=self.level_ids)
         hits = constrained_beam_search(
             self.model, self.tokenizer, prompts, self.trie, self.level_ids, beam_width,
@@ -115,7 +142,7 @@ class SidRetriever:
         if head is None or mode == "off":
             return hits
         return rerank_hits(self.model, head, self.tokenizer, prompts, hits, mode, k, self.index,
-                           batch_size=batch_size)
+                           batch_size=batch_size, scores=scores)
 
     def ad_ids(self, hits: Sequence[Sequence[Hit]]) -> list[list[str]]:
         """The ad ids of :meth:`retrieve`'s hits."""
