@@ -113,6 +113,15 @@ class SidRetriever:
         return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,
                              self.manifest, nodes, self.members), int((~fits).sum()))
 
+    def refresh_dense_tables(self) -> None:
+        """After ads were added to ``self.index`` in place (the served live index): every
+        dense head's ad table covers them; they are scored by their codes, as in
+        :meth:`extended` (no id row, no text)."""
+        for m in (self.model, *self.members):
+            head = dense_head_of(m)
+            if head is not None:
+                head.set_table(self.tokenizer, self.index)
+
     def retrieve(self, prompts: Prompts, beam_width: int, top_k: int | None = None,
                  exclude: Sequence[Collection[int]] | None = None,
                  cold_nodes: Sequence[np.ndarray] | None = None, batch_size: int = 64,

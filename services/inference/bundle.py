@@ -118,6 +118,8 @@ class Bundle(DecoderParts):
         """Apply catalog events in order; returns the skipped ones with the reason."""
         with self.lock:
             done = self.live.apply(events)
+            if done.added:  # dense heads score the new ads too (by their codes)
+                self.sid.refresh_dense_tables()
             if self.adv is not None:
                 for row, on in done.toggled:
                     self.adv.toggle(row, on)

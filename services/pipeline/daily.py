@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from leadre_model.data.records import Ad, Behavior, ContentItem, User
 from leadre_model.data.store import WorldWriter
-from leadre_model.errors import UsageError
+from leadre_model.errors import BadInputError, UsageError
 from services.common import keys
 from services.common.redis_client import redis_client
 from services.common.settings import Settings
@@ -110,6 +110,10 @@ def continue_training(prev_model: Path, world: Path, index_dir: Path, out: Path,
     from leadre_model.train.sft import parse_curriculum, run_curriculum, strip_lm
 
     manifest = Manifest.read(prev_model)
+    if manifest.members:  # continuing member 0 alone would serve a lesser model, unasked
+        raise BadInputError(f"{prev_model}: an ensemble of {1 + len(manifest.members)} models; "
+                            "the daily run continues one model only: retrain it with "
+                            "`leadre train` and publish that")
     saved = manifest.train_config
     cfg = TrainConfig.model_validate(saved) if saved else TRAIN_PRESETS["demo"]
     index = load_index(index_dir)

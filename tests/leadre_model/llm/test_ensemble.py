@@ -171,3 +171,42 @@ def test_models_trained_apart_join_into_the_ensemble_trained_at_once(ensemble, t
     assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
     assert "has no dense head" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_daily_run_refuses_to_continue_an_ensemble(ensemble, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Continued fine-tuning takes one model: it must not quietly serve member 0 alone."""
+    from services.common.settings import Settings
+    from services.pipeline.daily import continue_training
+
+    world, index_dir, out, _ = ensemble
+    with pytest.raises(BadInputError, match="an ensemble of 2 models"):
+        continue_training(out, world, index_dir, tmp_path / "m", Settings())
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_served_ensemble_scores_ads_added_live(ensemble) -> None:  # type: ignore[no-untyped-def]
+    """The inference bundle's live index adds ads in place: every member's dense head then
+    covers them (before, the heads' tables kept the old size and full ranking failed)."""
+    import itertools
+
+    import numpy as np
+
+    from leadre_model.index.live import CatalogEvent
+    from services.inference.bundle import Bundle
+
+    world, index_dir, out, _ = ensemble
+    bundle = Bundle("v1", SidRetriever.from_dirs(out, index_dir))
+    index = bundle.sid.index
+    n, taken = len(index), set(map(tuple, index.codes.tolist()))
+    codes = next(c for c in itertools.product(*map(range, index.level_sizes)) if c not in taken)
+    assert bundle.apply([CatalogEvent(op="add", ad_id="ad-live-1", codes=codes)]) == []
+    assert len(index) == n + 1 and index.active[n]
+    prompts = [s["prompt"] for s in build_samples(
+        world, index, Manifest.read(out).prompt_config, ["main"], "test")[:3]]
+    results = bundle.retrieve(prompts, 10, [10, 10, 10])
+    assert all(len(r.ads) == 10 for r in results)
+    for m in (bundle.model, *bundle.sid.members):
+        assert dense_head_of(m).item_codes.shape[0] == n + 1
+    logp = ensemble_log_probs([bundle.model, *bundle.sid.members],
+                              bundle.tokenizer(prompts)["input_ids"])
+    assert logp.shape == (3, n + 1) and np.isfinite(logp[:, n].numpy()).all()
