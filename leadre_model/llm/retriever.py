@@ -101,13 +101,7 @@ class SidRetriever:
         fits = (index.codes < np.asarray(sizes)).all(axis=1)
         trie = SidTrie.build(index.codes[fits], np.flatnonzero(fits), active=index.active[fits],
                              level_sizes=sizes)
-        for m in (self.model, *self.members):
-            adapter = getattr(m, MODULE, None)
-            if adapter is not None and embeddings is not None:  # a superset: old rows unchanged
-                adapter.set_table(self.tokenizer, index, embeddings)
-            head = dense_head_of(m)
-            if head is not None:  # added ads: scored by their codes (no id row)
-                head.set_table(self.tokenizer, index)
+        self._cover(index, embeddings)
         cold = np.arange(len(index)) >= n
         nodes = cold_prefix_nodes(trie, index.codes[fits], cold[fits]) if cold.any() else None
         return (SidRetriever(self.model, self.tokenizer, index, trie, self.level_ids,
@@ -117,10 +111,19 @@ class SidRetriever:
         """After ads were added to ``self.index`` in place (the served live index): every
         dense head's ad table covers them; they are scored by their codes, as in
         :meth:`extended` (no id row, no text)."""
+        self._cover(self.index)
+
+    def _cover(self, index: SidIndex, embeddings: np.ndarray | None = None) -> None:
+        """Every member's item-text table (given the embeddings) and dense-head table over
+        ``index``, a superset of the trained one: old rows unchanged, added ads scored by
+        their codes (no id row)."""
         for m in (self.model, *self.members):
+            adapter = getattr(m, MODULE, None)
+            if adapter is not None and embeddings is not None:
+                adapter.set_table(self.tokenizer, index, embeddings)
             head = dense_head_of(m)
             if head is not None:
-                head.set_table(self.tokenizer, self.index)
+                head.set_table(self.tokenizer, index)
 
     def retrieve(self, prompts: Prompts, beam_width: int, top_k: int | None = None,
                  exclude: Sequence[Collection[int]] | None = None,
