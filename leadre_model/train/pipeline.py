@@ -312,6 +312,9 @@ def train_leadre(
         summary["members"] = [{"seed_shift": i, "validation": s.get("validation"), "timings": t}
                               for i, (_, _, s, t) in enumerate(runs)]
         timings["sft_s"] = sum(t["sft_s"] for _, _, _, t in runs)
+        paces = [t["sft_s_per_epoch"] for _, _, _, t in runs if "sft_s_per_epoch" in t]
+        if paces:  # a member's epoch, on average (sft_s counts every member)
+            timings["sft_s_per_epoch"] = sum(paces) / len(paces)
     if sft_out is not None:
         save_model(model, tokenizer, sft_out, index.digest(), extra={"train": summary})
     if raw_out is not None and raw_states[0] is not None:
