@@ -21,7 +21,7 @@ from leadre_model.data.store import atomic_dir
 from leadre_model.errors import BadInputError
 from leadre_model.llm.dense_head import CONFIG_KEY
 from leadre_model.llm.manifest import MANIFEST, Manifest
-from leadre_model.llm.model import MEMBERS_DIR, weights_sha256
+from leadre_model.llm.model import MEMBERS_DIR, member_dirs, weights_sha256
 
 # what a member directory holds: the model's config and weights (the tokenizer is shared)
 _MEMBER_FILES = ("config.json", "generation_config.json")
@@ -31,7 +31,7 @@ def _parts(model_dir: Path) -> tuple[Manifest, list[Path]]:
     """The manifest of ``model_dir`` and the directories of its models (itself first, then
     its own members: an ensemble given is flattened)."""
     manifest = Manifest.read(model_dir)
-    dirs = [model_dir, *(model_dir / rel for rel in manifest.members)]
+    dirs = [model_dir, *member_dirs(model_dir, manifest.model_dump())]
     for d in dirs:
         config = d / "config.json"
         if not config.is_file():

@@ -350,11 +350,10 @@ def load_model(
 MEMBERS_DIR = "members"  # an ensemble's other models, inside the model directory
 
 
-def load_members(model_dir: str | Path, manifest: dict[str, Any], dtype: torch.dtype | None = None,
-                 device: torch.device | None = None) -> list[PreTrainedModel]:
-    """The other members of an ensemble saved by :func:`save_model` (none for a single
-    model), in eval mode on ``device``; they use the model directory's tokenizer. The item
-    text map and the dense head are restored by the caller, as for the first member."""
+def member_dirs(model_dir: str | Path, manifest: dict[str, Any]) -> list[Path]:
+    """The directories of an ensemble's other members that ``manifest`` (of ``model_dir``)
+    lists (none for a single model); BadInputError for one outside ``model_dir`` or not
+    saved there."""
     out = []
     for rel in Manifest.model_validate(manifest).members:
         path = Path(model_dir) / rel
@@ -363,13 +362,25 @@ def load_members(model_dir: str | Path, manifest: dict[str, Any], dtype: torch.d
         if not (path / "config.json").is_file():
             raise BadInputError(f"{model_dir}: the manifest lists ensemble member {rel!r}, "
                                 "but it is not saved there")
+        out.append(path)
+    return out
+
+
+def load_members(model_dir: str | Path, manifest: dict[str, Any], dtype: torch.dtype | None = None,
+                 device: torch.device | None = None) -> list[tuple[Path, PreTrainedModel]]:
+    """The other members of an ensemble saved by :func:`save_model` (none for a single
+    model) with their directories, in eval mode on ``device``; they use the model
+    directory's tokenizer. The item text map and the dense head are restored by the caller
+    (from the member's directory), as for the first member."""
+    out = []
+    for path in member_dirs(model_dir, manifest):
         with _quiet_item_text_report():
             member = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
                                                           dtype=dtype)
         member.name_or_path = manifest["base"]
         if device is not None:
             member.to(device)
-        out.append(member.eval())
+        out.append((path, member.eval()))
     return out
 
 
@@ -499,6 +510,7 @@ __all__ = [
     "load_members",
     "load_model",
     "load_tokenizer",
+    "member_dirs",
     "neutral_generation_config",
     "read_manifest",
     "save_model",

@@ -74,9 +74,9 @@ class SidRetriever:
         index = load_index(Path(index_dir))
         model, tokenizer, manifest = load_model(model_dir, expected_index_digest=index.digest(),
                                                 dtype=dtype, device=device)
-        members = load_members(model_dir, manifest, dtype=dtype, device=device)
-        paths = [Path(model_dir), *(Path(model_dir) / rel for rel in manifest.get("members", []))]
-        for m, path in zip([model, *members], paths, strict=True):
+        loaded = load_members(model_dir, manifest, dtype=dtype, device=device)
+        members = [m for _, m in loaded]
+        for path, m in [(Path(model_dir), model), *loaded]:
             restore_item_text(m, path, tokenizer, index, index_dir)
             if restore_dense_head(m, path, tokenizer, index) is None and members:
                 raise BadInputError(f"{path}: an ensemble member without a dense head "
