@@ -273,11 +273,20 @@ def ensemble(
     model: list[Path] = typer.Option(..., help="a trained model with a dense head; give two "
                                      "or more (the first one's tokenizer and prompts serve all)"),
     out: Path = typer.Option(..., help="ensemble model directory to write"),
+    take: int | None = typer.Option(None, min=0, help="with one --model, an ensemble: write "
+                                    "its member TAKE (0 = the first) alone to --out instead"),
 ) -> None:
     """Join models trained apart (e.g. on several machines at once, seeds differing) into
-    one ensemble that ranks by their mean dense log-probability."""
-    from leadre_model.llm.ensemble import join_models
+    one ensemble that ranks by their mean dense log-probability; or, with --take, write one
+    member of an ensemble as a model of its own."""
+    from leadre_model.llm.ensemble import join_models, take_member
 
+    if take is not None:
+        if len(model) != 1:
+            raise UsageError("--take writes a member of one ensemble: give one --model")
+        taken = take_member(model[0], take, out)
+        console.print(f"member {take} of {model[0]} → {out}  version {taken['model_version']}")
+        return
     manifest = join_models(model, out)
     console.print(f"ensemble → {out}  {1 + len(manifest['members'])} members  "
                   f"version {manifest['model_version']}")

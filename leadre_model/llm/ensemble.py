@@ -83,4 +83,33 @@ def join_models(model_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["join_models"]
+def take_member(model_dir: Path, member: int, out: Path) -> dict[str, Any]:
+    """Write member ``member`` (0 = the first) of the ensemble in ``model_dir`` to ``out`` as a
+    model of its own (to serve or evaluate one member, e.g. to see what the ensemble adds),
+    and return its manifest; its version hashes its own weights only."""
+    manifest, dirs = _parts(Path(model_dir))
+    if not 0 <= member < len(dirs):
+        raise BadInputError(f"{model_dir}: no member {member} (it has {len(dirs)}: 0 to "
+                            f"{len(dirs) - 1})")
+    src = dirs[member]
+    with atomic_dir(Path(out)) as tmp:
+        for f in Path(model_dir).iterdir():  # tokenizer and the rest, shared by the members
+            if f.is_file() and f.name != MANIFEST and not (
+                    member and (f.name in _MEMBER_FILES or f.suffix == ".safetensors")):
+                shutil.copy2(f, tmp / f.name)
+        if member:
+            for f in [*(src / n for n in _MEMBER_FILES), *sorted(src.glob("*.safetensors"))]:
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        weights = weights_sha256(tmp)
+        taken = manifest.model_dump() | {
+            "model_version": weights[:16], "weights_sha256": weights, "members": [],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "num_parameters": manifest.num_parameters // len(dirs)}
+        taken["extra"] = {**manifest.extra, "taken": {
+            "from": str(model_dir), "model_version": manifest.model_version, "member": member}}
+        (tmp / MANIFEST).write_text(json.dumps(taken, indent=2))
+    return taken
+
+
+__all__ = ["join_models", "take_member"]

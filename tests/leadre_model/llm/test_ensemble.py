@@ -17,7 +17,7 @@ import torch
 from leadre_model.errors import BadInputError
 from leadre_model.index.sid_index import load_index
 from leadre_model.llm.dense_head import dense_head_of, ensemble_log_probs, prompt_scores
-from leadre_model.llm.ensemble import join_models
+from leadre_model.llm.ensemble import join_models, take_member
 from leadre_model.llm.manifest import Manifest
 from leadre_model.llm.model import DenseHeadSettings
 from leadre_model.llm.retriever import SidRetriever
@@ -170,6 +170,41 @@ def test_models_trained_apart_join_into_the_ensemble_trained_at_once(ensemble, t
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
     assert "has no dense head" in bad.stdout + bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_member_taken_out_scores_as_it_did_inside(ensemble, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`leadre ensemble --take I` writes one member as a model of its own (to evaluate or
+    serve it alone): it scores as that member did inside the ensemble."""
+    world, index_dir, out, _ = ensemble
+    index = load_index(index_dir)
+    manifest = Manifest.read(out)
+    prompts = [s["prompt"] for s in build_samples(
+        world, index, manifest.prompt_config, ["main"], "test")[:4]]
+    inside = SidRetriever.from_dirs(out, index_dir)
+    ids = inside.tokenizer(prompts)["input_ids"]
+    for i, member in enumerate((inside.model, *inside.members)):
+        cli = subprocess.run([sys.executable, "-m", "leadre", "ensemble", "--model", str(out),
+                              "--take", str(i), "--out", str(tmp_path / f"m{i}")],
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert cli.returncode == 0 and f"member {i} of" in cli.stdout, cli.stderr
+        taken = Manifest.read(tmp_path / f"m{i}")
+        assert taken.members == [] and taken.extra["taken"]["member"] == i
+        assert taken.num_parameters * 2 == manifest.num_parameters
+        assert taken.model_version != manifest.model_version
+        alone = SidRetriever.from_dirs(tmp_path / f"m{i}", index_dir)
+        assert alone.members == []
+        torch.testing.assert_close(ensemble_log_probs([alone.model], ids),
+                                   ensemble_log_probs([member], ids))
+    assert Manifest.read(tmp_path / "m0").model_version != Manifest.read(tmp_path / "m1").model_version
+    # bad input: a clear error, nothing written
+    with pytest.raises(BadInputError, match="no member 2"):
+        take_member(out, 2, tmp_path / "bad")
+    bad = subprocess.run([sys.executable, "-m", "leadre", "ensemble", "--model", str(out),
+                          "--model", str(out), "--take", "0", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode != 0 and "give one --model" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
     assert not (tmp_path / "bad").exists()
 
 
