@@ -338,6 +338,7 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
         "ltrr_labels": f"itemcf top-K from training targets ({cfg.itemcf.model_dump()})",
         "retrievers": {}, "fits": {},
     }
+    hits: dict[str, dict[int, np.ndarray]] = {}
     for r in retrievers:
         t0 = time.perf_counter()
         if fit and isinstance(r, Trainable):
@@ -346,6 +347,8 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
         out = r.recommend(data.test_cases, cfg.max_k)
         t2 = time.perf_counter()
         res = score(out, data, labels, cfg)
+        ranked = _ranked(out, data, cfg.max_k)
+        hits[r.name] = {k: M.hits_at_k(ranked, data.test_targets, k) for k in cfg.recall_ks}
         full = [row[: cfg.dice_k] for row in out]
         for d in cfg.dice_drops:
             # Fig. 5: only users who keep at least one behaviour after the cut.
@@ -356,7 +359,30 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
         results["retrievers"][r.name] = res
         if getattr(r, "info", None):
             results["fits"][r.name] = r.info
+    results["paired"] = paired_differences(hits)
     return results
+
+
+def paired_differences(hits: dict[str, dict[int, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """``"model - baseline"`` → Recall@K difference and its paired standard error, for every
+    retriever that is neither a baseline nor a branch combination against every baseline
+    tested beside it (per-user hits from :func:`~leadre_model.eval.metrics.hits_at_k`)."""
+    baselines = [n for n in hits if n in BASELINES]
+    models = [n for n in hits if n not in BASELINES and not _is_branch(n)]
+    out: dict[str, dict[str, float]] = {}
+    for m in models:
+        for b in baselines:
+            row: dict[str, float] = {}
+            for k in hits[m]:
+                row[f"recall@{k}"], row[f"recall@{k}_se"] = M.paired_difference(hits[m][k],
+                                                                                hits[b][k])
+            out[f"{m} - {b}"] = row
+    return out
+
+
+def _is_branch(name: str) -> bool:
+    """A branch combination's row (eval/branches.py names them ``A@k∪B@k`` and ``mixer(…)``)."""
+    return "∪" in name or name.startswith("mixer(")
 
 
 def evaluate_both(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | None = None,
@@ -374,17 +400,20 @@ def evaluate_both(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig 
         res = evaluate(world, retrievers, cfg, data=data, fit=i == 0)
         if on and len(passes) > 1:
             res["retrievers"] = {f"{n}+xs": v for n, v in res["retrievers"].items()}
+            res["paired"] = {f"{n}+xs": v for n, v in res["paired"].items()}
             res["fits"] = {}
         if not results:
             results = res
         else:
             results["retrievers"].update(res["retrievers"])
+            results["paired"].update(res["paired"])
     results["exclude_seen"] = exclude_seen
     return results
 
 
 def render_table(results: dict, digits: int = 4) -> str:
-    """Markdown table: one row per retriever, one column per figure."""
+    """Markdown table: one row per retriever, one column per figure; then, where models were
+    tested beside baselines, their paired Recall@K differences (± paired standard error)."""
     rows = results["retrievers"]
     if not rows:
         return "(no retrievers)"
@@ -394,6 +423,14 @@ def render_table(results: dict, digits: int = 4) -> str:
         cells = [("" if c not in r else f"{r[c]:.1f}" if c.endswith("_s") else f"{r[c]:.{digits}f}")
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paired = results.get("paired") or {}
+    if paired:
+        ks = [c for c in next(iter(paired.values())) if not c.endswith("_se")]
+        lines += ["", "Paired differences on the same test users (± paired standard error):", "",
+                  "| model - baseline | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|"]
+        for name, d in paired.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{d[c]:+.{digits}f} ± {d[c + '_se']:.{digits}f}" for c in ks) + " |")
     return "\n".join(lines)
 
 

@@ -50,6 +50,21 @@ def recall_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     return hit_rate_at_k(ranked, targets, k)
 
 
+def hits_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Per user, 1.0 where the held-out item is in the top ``k`` (the terms of HR@K)."""
+    return (_hit_rank(ranked, targets, k) >= 0).astype(np.float64)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of ``a - b`` over the same users and its standard error. Two retrievers tested
+    on the same users are compared by their per-user differences: the users both hit or
+    both miss cancel, so this error is much smaller than either figure's own."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0, 0.0
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     """NDCG@K with one relevant item: ``1 / log2(rank + 2)`` (0-based rank), 0 if missed.
 

@@ -173,8 +173,26 @@ def test_harness_on_synthetic_world(world: Path) -> None:
     assert again["fit_s"] < 0.01
     for case, row in zip(data.test_cases, sas.recommend(data.test_cases, 8)):
         assert not set(row) & set(case.ad_history)
-    table = render_table(res)
+    table, _, paired = render_table(res).partition("\n\n")
     assert table.count("\n") == 1 + len(retrievers) and "| sasrec_ce |" in table
+    # the model row against every baseline, its difference taken per test user
+    assert list(res["paired"]) == [f"fake - {n}" for n in names]
+    for n in names:
+        d = res["paired"][f"fake - {n}"]
+        for k in cfg.recall_ks:
+            assert d[f"recall@{k}"] == pytest.approx(figs["fake"][f"recall@{k}"]
+                                                     - figs[n][f"recall@{k}"])
+            assert d[f"recall@{k}_se"] >= 0
+    assert "| fake - sasrec_ce | " in paired
+
+
+def test_paired_difference_cancels_the_users_both_retrievers_share() -> None:
+    hits = np.array([1.0, 1, 0, 0])
+    # d = [0, 1, 0, 0]: mean 0.25, sample sd 0.5, se 0.5 / sqrt(4)
+    assert M.paired_difference(hits, np.array([1.0, 0, 0, 0])) == pytest.approx((0.25, 0.25))
+    assert M.paired_difference(hits, hits) == (0.0, 0.0)  # the same hits: no difference, no doubt
+    assert M.paired_difference(np.array([]), np.array([])) == (0.0, 0.0)
+    assert M.hits_at_k(RANKED, TARGETS, 4).tolist() == [1.0, 1.0, 0.0]
 
 
 def test_refit_split_trains_baselines_on_every_other_users_validation_target(world: Path) -> None:
