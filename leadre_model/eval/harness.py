@@ -400,7 +400,8 @@ def evaluate_both(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig 
         res = evaluate(world, retrievers, cfg, data=data, fit=i == 0)
         if on and len(passes) > 1:
             res["retrievers"] = {f"{n}+xs": v for n, v in res["retrievers"].items()}
-            res["paired"] = {f"{n}+xs": v for n, v in res["paired"].items()}
+            res["paired"] = {" - ".join(f"{n}+xs" for n in pair.split(" - ")): v
+                             for pair, v in res["paired"].items()}
             res["fits"] = {}
         if not results:
             results = res

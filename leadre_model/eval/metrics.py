@@ -58,7 +58,7 @@ def hits_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` over the same users and its standard error. Two retrievers tested
     on the same users are compared by their per-user differences: the users both hit or
-    both miss cancel, so this error is much smaller than either figure's own."""
+    both miss cancel, so this error is smaller than the two figures' errors combined."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if len(d) < 2:
         return float(d.mean()) if len(d) else 0.0, 0.0

@@ -234,9 +234,17 @@ def test_sasrec_records_its_fit_and_is_cached_per_split(world: Path, tmp_path: P
                                 progress=False, cache_dir=tmp_path)[0]
     other.fit_eval(data)  # other settings: another cache entry, trained afresh
     assert "from_cache" not in other.info and len(list(tmp_path.glob("*.pt"))) == 2
-    res = evaluate_both(world, [first, *baseline_retrievers(["recent"], progress=False)], cfg,
-                        data=data)
-    assert set(res["retrievers"]) == {"sasrec_ce", "recent", "sasrec_ce+xs", "recent+xs"}
+    fake = FakeRetriever([a for a, ok in zip(data.ad_ids, data.active) if ok])
+    res = evaluate_both(world, [first, *baseline_retrievers(["recent"], progress=False), fake],
+                        cfg, data=data)
+    assert set(res["retrievers"]) == {"sasrec_ce", "recent", "fake", "sasrec_ce+xs", "recent+xs",
+                                      "fake+xs"}
+    # each pass compares its own rows: masked model against masked baseline
+    assert set(res["paired"]) == {"fake - sasrec_ce", "fake - recent", "fake+xs - sasrec_ce+xs",
+                                  "fake+xs - recent+xs"}
+    figs = res["retrievers"]
+    assert res["paired"]["fake+xs - recent+xs"]["recall@10"] == pytest.approx(
+        figs["fake+xs"]["recall@10"] - figs["recent+xs"]["recall@10"])
     assert res["fits"]["sasrec_ce"]["epochs_run"] == 4
     for figs in res["retrievers"].values():
         p = figs["hr@8"]
