@@ -299,9 +299,11 @@ def _ranked(out: list[list[str]], data: EvalData, k: int) -> np.ndarray:
     return r
 
 
-def score(out: list[list[str]], data: EvalData, labels: np.ndarray, cfg: EvalConfig) -> dict:
-    """Every figure of one retriever's test outputs (module doc)."""
-    r, t = _ranked(out, data, cfg.max_k), data.test_targets
+def score(out: list[list[str]], r: np.ndarray, data: EvalData, labels: np.ndarray,
+          cfg: EvalConfig) -> dict:
+    """Every figure of one retriever's test outputs (module doc); ``r``: the outputs as
+    :func:`_ranked` gives them."""
+    t = data.test_targets
     res: dict[str, float] = {}
     for k in cfg.hr_ks:
         res[f"hr@{k}"] = M.hit_rate_at_k(r, t, k)
@@ -346,8 +348,8 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
         t1 = time.perf_counter()
         out = r.recommend(data.test_cases, cfg.max_k)
         t2 = time.perf_counter()
-        res = score(out, data, labels, cfg)
         ranked = _ranked(out, data, cfg.max_k)
+        res = score(out, ranked, data, labels, cfg)
         hits[r.name] = {k: M.hits_at_k(ranked, data.test_targets, k) for k in cfg.recall_ks}
         full = [row[: cfg.dice_k] for row in out]
         for d in cfg.dice_drops:

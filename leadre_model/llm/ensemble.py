@@ -27,6 +27,12 @@ from leadre_model.llm.model import MEMBERS_DIR, member_dirs, weights_sha256
 _MEMBER_FILES = ("config.json", "generation_config.json")
 
 
+def _member_files(model_dir: Path) -> list[Path]:
+    """The files of ``model_dir`` that are one member's own: its config and weights."""
+    return [*(f for n in _MEMBER_FILES if (f := model_dir / n).is_file()),
+            *sorted(model_dir.glob("*.safetensors"))]
+
+
 def _parts(model_dir: Path) -> tuple[Manifest, list[Path]]:
     """The manifest of ``model_dir`` and the directories of its models (itself first, then
     its own members: an ensemble given is flattened)."""
@@ -67,9 +73,8 @@ def join_models(model_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         paths = [f"{MEMBERS_DIR}/{i}" for i in range(1, len(sources))]
         for rel, src in zip(paths, sources[1:], strict=True):
             (tmp / rel).mkdir(parents=True)
-            for f in [*(src / n for n in _MEMBER_FILES), *sorted(src.glob("*.safetensors"))]:
-                if f.is_file():
-                    shutil.copy2(f, tmp / rel / f.name)
+            for f in _member_files(src):
+                shutil.copy2(f, tmp / rel / f.name)
         weights = weights_sha256(tmp, paths)
         manifest = first.model_dump() | {
             "model_version": weights[:16], "weights_sha256": weights, "members": paths,
@@ -91,16 +96,13 @@ def take_member(model_dir: Path, member: int, out: Path) -> dict[str, Any]:
     if not 0 <= member < len(dirs):
         raise BadInputError(f"{model_dir}: no member {member} (it has {len(dirs)}: 0 to "
                             f"{len(dirs) - 1})")
-    src = dirs[member]
+    own = set(_member_files(Path(model_dir)))
     with atomic_dir(Path(out)) as tmp:
         for f in Path(model_dir).iterdir():  # tokenizer and the rest, shared by the members
-            if f.is_file() and f.name != MANIFEST and not (
-                    member and (f.name in _MEMBER_FILES or f.suffix == ".safetensors")):
+            if f.is_file() and f.name != MANIFEST and f not in own:
                 shutil.copy2(f, tmp / f.name)
-        if member:
-            for f in [*(src / n for n in _MEMBER_FILES), *sorted(src.glob("*.safetensors"))]:
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
+        for f in _member_files(dirs[member]):
+            shutil.copy2(f, tmp / f.name)
         weights = weights_sha256(tmp)
         taken = manifest.model_dump() | {
             "model_version": weights[:16], "weights_sha256": weights, "members": [],
