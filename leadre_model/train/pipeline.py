@@ -33,8 +33,16 @@ from leadre_model.prompts.compact import CompactConfig, compact_vocabulary
 from leadre_model.prompts.config import PromptConfig
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.dpo import DPO_PRESETS, DPOStageConfig, preference_pairs, train_dpo
+from leadre_model.train.fork import ForkPoint, branch_optimizers
 from leadre_model.train.plots import plot_training
-from leadre_model.train.sft import SFT_PRESETS, SFTStageConfig, parse_curriculum, run_curriculum
+from leadre_model.train.sft import (
+    SFT_PRESETS,
+    SFTStageConfig,
+    parse_curriculum,
+    run_curriculum,
+    stage_config,
+    train_stage,
+)
 from leadre_model.train.validate import BestOnValidation, SidValidator, ValidationConfig
 
 
@@ -62,12 +70,23 @@ class TrainConfig(StrictConfig):
                          "trained on the same samples with its seeds shifted by its number "
                          "and its share of the validation time budget; retrieval averages "
                          "their dense heads' log-probabilities (needs a dense head, no DPO)")
+    fork: float | None = Field(default=None, gt=0, lt=1, description="members > 1: they "
+                               "share this share of the last stage's schedule (one trunk, "
+                               "member 0's seeds), then each goes on from the trunk's weights "
+                               "and optimizer state with its own seeds (train/fork.py), so "
+                               "each gets more epochs in the same time budget. Needs "
+                               "validation rounds every epoch or more often (the fork is "
+                               "taken at a round)")
 
     @model_validator(mode="after")
     def _ensemble_needs_dense_head(self) -> TrainConfig:
         if self.members > 1 and (self.llm.dense_head is None or self.dpo is not None):
             raise ValueError("members > 1 averages the dense heads' scores: it needs "
                              "llm.dense_head and no DPO stage (dpo: null)")
+        if self.fork is not None and (self.members < 2 or self.validation is None
+                                      or self.validation.every_epochs > 1):
+            raise ValueError("fork needs members > 1 and validation rounds at least every "
+                             "epoch (validation.every_epochs <= 1): the trunk forks at a round")
         return self
 
 
@@ -88,6 +107,21 @@ def member_config(cfg: TrainConfig, i: int) -> TrainConfig:
         update["validation"] = cfg.validation.model_copy(update={
             "time_budget_s": cfg.validation.time_budget_s / cfg.members})
     return cfg.model_copy(update=update)
+
+
+def trunk_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a fork's trunk trains with: member 0's seeds and the time budget of the one
+    schedule the trunk and the branches share (its cosine is fitted to it). The trunk runs
+    ``fork`` of that schedule once and each of the ``members`` branches the rest, so the
+    budget is the preset's over ``fork + members × (1 - fork)``."""
+    if cfg.fork is None or cfg.validation is None:
+        raise ValueError("trunk_config needs a config with fork and validation")
+    base = member_config(cfg, 0)
+    budget = cfg.validation.time_budget_s
+    if budget is not None:
+        budget /= cfg.fork + cfg.members * (1 - cfg.fork)
+    return base.model_copy(update={
+        "validation": cfg.validation.model_copy(update={"time_budget_s": budget})})
 
 
 # A model from scratch first learns the corpus (the `lm` stage, loss on every token), then
@@ -208,6 +242,14 @@ _CPU_90M_ENS = _CPU_90M_REFIT.model_copy(update={
     "members": 2,
     "validation": _CPU_90M_REFIT.validation.model_copy(update={"time_budget_s": 84 * 60})})
 
+# cpu-90m-ens with members that share the first half of their schedule (TrainConfig.fork:
+# one trunk, then each member goes on from its weights and optimizer state with its own
+# seeds, train/fork.py), so within the same 84 minutes each member runs 4/3 of the epochs an
+# independent member gets (the schedule is fitted to 84 / 1.5 minutes); the configured 16
+# epochs only cap it (amazon-toys fits 14, amazon-sports about 8).
+_CPU_90M_FORK = _CPU_90M_ENS.model_copy(update={
+    "fork": 0.5, "seq": _CPU_90M_ENS.seq.model_copy(update={"epochs": 16})})
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # ≈5 min on 2 cores for 1,000 users (≈5,400 train targets); scales with users × epochs.
     "cpu": _CPU,
@@ -221,6 +263,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "cpu-90m-refit": _CPU_90M_REFIT,
     "cpu-90m-text": _CPU_90M_TEXT,
     "cpu-90m-ens": _CPU_90M_ENS,
+    "cpu-90m-fork": _CPU_90M_FORK,
     # `make demo`: the CPU recipe, then DPO on eCPM pairs (§4.3.2) from 150 users.
     "demo": _CPU.model_copy(update={"dpo": DPO_PRESETS["tiny"], "dpo_users": 150}),
     # The paper's text prompts and EX → IM → Main curriculum at a tiny scale (before the
@@ -301,8 +344,13 @@ def train_leadre(
                             cfg.validation.users, cfg.sft.seed)
     timings["samples_s"] = time.perf_counter() - t0
 
-    runs = [_train_member(member_config(cfg, i), world, index_dir, index, trie, tasks, by_task,
-                          valid, device, progress) for i in range(cfg.members)]
+    trunk: dict[str, Any] | None = None
+    if cfg.fork is None:
+        runs = [_train_member(member_config(cfg, i), world, index_dir, index, trie, tasks,
+                              by_task, valid, device, progress) for i in range(cfg.members)]
+    else:
+        runs, trunk = _train_forked(cfg, world, index_dir, index, trie, tasks, by_task, valid,
+                                    device, progress)
     model, tokenizer, summary, member_timings = runs[0]
     # the selectors' best un-averaged weights, out of the summaries; raw_out gets member 0's
     raw_states = [s.pop("_best_raw_state", None) for _, _, s, _ in runs]
@@ -314,6 +362,9 @@ def train_leadre(
         summary["members"] = [{"seed_shift": i, "validation": s.get("validation"), "timings": t}
                               for i, (_, _, s, t) in enumerate(runs)]
         timings["sft_s"] = sum(t["sft_s"] for _, _, _, t in runs)
+        if trunk is not None:
+            summary["trunk"] = trunk
+            timings["sft_s"] += trunk["timings"]["sft_s"]
         paces = [t["sft_s_per_epoch"] for _, _, _, t in runs if "sft_s_per_epoch" in t]
         if paces:  # a member's epoch, on average (sft_s counts every member)
             timings["sft_s_per_epoch"] = sum(paces) / len(paces)
@@ -348,13 +399,85 @@ def train_leadre(
     return summary
 
 
+_Run = tuple[Any, Any, dict[str, Any], dict[str, float]]  # model, tokenizer, summary, timings
+
+
+def _train_forked(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
+                  trie: SidTrie, tasks: list[str], by_task: dict[str, list[dict[str, Any]]],
+                  valid: list[dict[str, Any]] | None, device: torch.device, progress: bool,
+                  ) -> tuple[list[_Run], dict[str, Any]]:
+    """A fork (``cfg.fork``): the trunk trains the curriculum until ``fork`` of its last
+    stage's schedule; each member then goes on from it (:func:`_train_branch`) with its own
+    seeds and an equal share of the time the trunk left. Returns the members' runs and the
+    trunk's summary (its validation rounds, timings, fork epoch and step)."""
+    trunk, tokenizer, summary, timings = _train_member(
+        trunk_config(cfg), world, index_dir, index, trie, tasks, by_task, valid, device,
+        progress, fork_share=cfg.fork)
+    point = summary.pop("_fork", None)
+    summary.pop("_best_raw_state", None)
+    if point is None:
+        raise RuntimeError("the trunk ended without reaching its fork")
+    budget = cfg.validation.time_budget_s if cfg.validation is not None else None
+    left = None if budget is None else max(budget - timings["sft_s"], 1.0) / cfg.members
+    stage = parse_curriculum(cfg.curriculum)[-1]
+    samples = [s for t in stage for s in by_task[t]]
+    runs = [_train_branch(member_config(cfg, i), trunk, tokenizer, point, stage, samples, index,
+                          trie, valid, device, progress, left, summary["sft"])
+            for i in range(cfg.members)]
+    return runs, {"fork_epoch": point.epoch, "fork_step": point.step,
+                  "validation": summary.get("validation"), "timings": timings}
+
+
+def _train_branch(cfg: TrainConfig, trunk: Any, tokenizer: Any, point: ForkPoint,
+                  stage: list[str], samples: list[dict[str, Any]], index: SidIndex,
+                  trie: SidTrie, valid: list[dict[str, Any]] | None, device: torch.device,
+                  progress: bool, budget_s: float | None, trunk_sft: list[dict[str, Any]],
+                  ) -> _Run:
+    """One member of a fork: a copy of the trunk going on with the trunk's optimizer state
+    and schedule from ``point`` over the rest of the last stage's epochs, with ``cfg``'s
+    seeds, selected on validation within ``budget_s``. Its log is the trunk's, then its own
+    (epochs counted from the start of the run)."""
+    t0 = time.perf_counter()
+    model = copy.deepcopy(trunk)
+    optimizers = branch_optimizers(model, point)
+    stage_cfg = stage_config(stage, cfg.sft, cfg.lm, cfg.seq)
+    stage_cfg = stage_cfg.model_copy(update={"epochs": stage_cfg.epochs - point.epoch})
+    selector = None
+    if cfg.validation is not None and valid is not None:
+        validation = cfg.validation.model_copy(update={"time_budget_s": budget_s})
+        selector = BestOnValidation(SidValidator(index, valid, validation, trie), validation,
+                                    tokenizer, report=_stderr_line if progress else None,
+                                    start=point)
+    rows = list(samples)
+    random.Random(stage_cfg.seed).shuffle(rows)
+    history = train_stage(model, tokenizer, rows, stage_cfg, progress,
+                          callbacks=[selector] if selector else (), optimizers=optimizers)
+    for h in history:  # the branch's trainer counts its epochs from the fork
+        if "epoch" in h:
+            h["epoch"] = round(h["epoch"] + point.epoch, 4)
+    timings = {"sft_s": time.perf_counter() - t0}
+    end = max((h.get("epoch", point.epoch) for h in history), default=point.epoch)
+    if selector is not None and selector.history:
+        end = max(end, selector.history[-1]["epoch"])
+    if end > point.epoch:
+        timings["sft_s_per_epoch"] = timings["sft_s"] / (end - point.epoch)
+    summary: dict[str, Any] = {
+        "config": cfg.model_dump(), "forked_at": point.epoch, "device": describe(device),
+        "sft": [*trunk_sft, {"stage": "+".join(stage), "samples": len(rows),
+                             "history": history}]}
+    if selector is not None:
+        summary["validation"] = selector.summary()
+    return model, tokenizer, summary, timings
+
+
 def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
                   trie: SidTrie, tasks: list[str], by_task: dict[str, list[dict[str, Any]]],
                   valid: list[dict[str, Any]] | None, device: torch.device, progress: bool,
-                  ) -> tuple[Any, Any, dict[str, Any], dict[str, float]]:
+                  fork_share: float | None = None) -> _Run:
     """One model: tokenizer, model, curriculum (validation selecting its epoch). Returns the
     model, tokenizer, its summary (``_best_raw_state``: the selector's best un-averaged
-    weights, if any) and its timings."""
+    weights, if any; ``_fork``: with ``fork_share``, where this trunk stopped for its
+    branches) and its timings."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     compact = cfg.prompts.format == "compact"
@@ -391,7 +514,8 @@ def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidInde
     if cfg.validation is not None and valid is not None:
         selector = BestOnValidation(SidValidator(index, valid, cfg.validation, trie),
                                     cfg.validation, tokenizer,
-                                    report=_stderr_line if progress else None)
+                                    report=_stderr_line if progress else None,
+                                    fork_share=fork_share)
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -414,6 +538,8 @@ def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidInde
         summary["validation"] = selector.summary()
         if selector.best_raw_state is not None:
             summary["_best_raw_state"] = selector.best_raw_state
+        if selector.fork is not None:
+            summary["_fork"] = selector.fork
     return model, tokenizer, summary, timings
 
 

@@ -88,10 +88,13 @@ def train_stage(
     cfg: SFTStageConfig,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    optimizers: tuple[Any, Any] | None = None,
 ) -> list[dict[str, float]]:
     """One SFT pass over ``samples``; returns TRL's log history (loss per logging step).
     ``lm`` samples train as plain text (prompt + completion, loss on every token); all
-    others as prompt-completion rows with the loss on the completion only."""
+    others as prompt-completion rows with the loss on the completion only. ``optimizers``:
+    an optimizer and its schedule to go on with (a fork's branch, train/fork.py) instead of
+    the fresh AdamW and cosine of ``cfg``."""
     from trl import SFTConfig, SFTTrainer
 
     if not samples:
@@ -103,6 +106,8 @@ def train_stage(
     lm = kinds == {"lm"}
     rows: list[dict[str, Any]]
     trainer_kwargs: dict[str, Any] = {"callbacks": list(callbacks)} if callbacks else {}
+    if optimizers is not None:
+        trainer_kwargs["optimizers"] = optimizers
     if kinds == {"seq"}:
         rows = [dense_row_ids(tokenizer, s) for s in samples]
         if cfg.drop_ads > 0:
@@ -153,6 +158,14 @@ def dense_row_ids(tokenizer: PreTrainedTokenizerBase, sample: Mapping[str, Any])
     return {"input_ids": ids, "labels": [i if m == "1" else -100 for i, m in zip(ids, mask)]}
 
 
+def stage_config(stage: Sequence[str], cfg: SFTStageConfig, lm_cfg: SFTStageConfig | None,
+                 seq_cfg: SFTStageConfig | None) -> SFTStageConfig:
+    """The settings a curriculum stage trains with: an ``lm`` or ``seq`` stage's own if
+    given, else ``cfg``."""
+    own = {"lm": lm_cfg, "seq": seq_cfg}.get(stage[0]) if len(stage) == 1 else None
+    return own or cfg
+
+
 def run_curriculum(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -176,8 +189,7 @@ def run_curriculum(
                                 f"{missing}")
         samples = [s for t in stage for s in samples_by_task[t]]
         random.Random(cfg.seed + i).shuffle(samples)
-        stage_cfg = {"lm": lm_cfg, "seq": seq_cfg}.get(stage[0]) if len(stage) == 1 else None
-        stage_cfg = stage_cfg or cfg
+        stage_cfg = stage_config(stage, cfg, lm_cfg, seq_cfg)
         history = train_stage(model, tokenizer, samples, stage_cfg, progress,
                               callbacks=last_stage_callbacks if i == len(stages) - 1 else ())
         logs.append({"stage": "+".join(stage), "samples": len(samples), "history": history})

@@ -38,6 +38,7 @@ from leadre_model.index.trie import SidTrie
 from leadre_model.llm.decode import Hit, encode_prompts
 from leadre_model.llm.dense_head import DenseHead, dense_head_of, prompt_scores, rerank_hits
 from leadre_model.llm.retriever import SidRetriever
+from leadre_model.train.fork import ForkPoint, fork_point
 
 
 class ValidationConfig(StrictConfig):
@@ -122,19 +123,30 @@ class SidValidator:
 
 
 class BestOnValidation(TrainerCallback):
-    """Score every ``every_epochs``; keep the best weights; early-stop; restore at the end."""
+    """Score every ``every_epochs``; keep the best weights; early-stop; restore at the end.
+
+    As a fork's trunk (``fork_share``) it stops at the first round at or past that share of
+    the schedule's epochs (as fitted so far), keeps its last weights and leaves the fork
+    point in :attr:`fork`. As a branch (``start``: the trunk's fork point) its trainer counts
+    from 0 while the schedule goes on from the fork: epochs and steps here are the run's
+    (the trunk's plus the branch's), so rounds, the fitted horizon and the log read as one
+    run."""
 
     def __init__(self, validator: SidValidator, cfg: ValidationConfig,
                  tokenizer: PreTrainedTokenizerBase,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None,
+                 fork_share: float | None = None, start: ForkPoint | None = None) -> None:
         """``report``: told one line per round (a 90-minute run shows where it stands)."""
         self.validator, self.cfg, self.tokenizer = validator, cfg, tokenizer
         self.report = report
+        self.fork_share = fork_share
+        self.fork: ForkPoint | None = None
+        self._epoch0, self._step0 = (start.epoch, start.step) if start else (0.0, 0)
         self.history: list[dict[str, float]] = []
         self.best_round = -1  # index into history; the best score and epoch are read there
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_by = "epochs"
-        self._next = cfg.every_epochs
+        self._next = self._epoch0 + cfg.every_epochs
         self._t0 = time.perf_counter()
         self._stop_at: int | None = None  # the fitted schedule's last step
         self._average: list[torch.Tensor] | None = None  # EMA of the parameters, if asked
@@ -198,18 +210,48 @@ class BestOnValidation(TrainerCallback):
             self._ema(self._average, [p.detach() for p in _parameters(model)], None)
         over = ((self.cfg.time_budget_s is not None
                  and time.perf_counter() - self._t0 > self.cfg.time_budget_s)
-                or (self._stop_at is not None and state.global_step >= self._stop_at))
-        if state.epoch is not None and (state.epoch + 1e-9 >= self._next or over):
+                or (self._stop_at is not None and self._step(state) >= self._stop_at))
+        if state.epoch is not None and (self._epoch(state) + 1e-9 >= self._next or over):
             self._next += self.cfg.every_epochs
-            self._round(model, state.epoch)
+            self._round(model, self._epoch(state))
             if self.cfg.fit_schedule and not over:
                 self._fit_schedule(args, state, kw.get("lr_scheduler"))
             rounds_since = len(self.history) - 1 - self.best_round
-            if over:
+            early = self.cfg.patience is not None and rounds_since >= self.cfg.patience
+            if self.fork_share is not None and self._at_fork(args, state, model, kw,
+                                                             now=over or early):
+                self.stopped_by, control.should_training_stop = "fork", True
+            elif over:
                 self.stopped_by, control.should_training_stop = "time_budget", True
-            elif self.cfg.patience is not None and rounds_since >= self.cfg.patience:
+            elif early:
                 self.stopped_by, control.should_training_stop = "early_stopping", True
         return control
+
+    def _epoch(self, state: Any) -> float:
+        return self._epoch0 + state.epoch
+
+    def _step(self, state: Any) -> int:
+        return int(self._step0 + state.global_step)
+
+    def _at_fork(self, args: Any, state: Any, model: Any, kw: Mapping[str, Any],
+                 now: bool = False) -> bool:
+        """Whether the trunk has reached its fork: ``fork_share`` of the schedule's epochs
+        (the fitted horizon, else the configured one), rounded to a whole epoch, at least one
+        and one short of the end, or ``now`` (it would stop anyway: the time budget or
+        patience); if so the fork point is kept in :attr:`fork`."""
+        scheduler = kw.get("lr_scheduler")
+        per_epoch = state.max_steps / args.num_train_epochs
+        horizon = _horizon(scheduler) or state.max_steps
+        epochs = round(horizon / per_epoch)
+        fork_epoch = min(max(round(self.fork_share * epochs), 1), max(epochs - 1, 1))
+        epoch = self._epoch(state)
+        if epoch + 1e-9 < fork_epoch and not now:
+            return False
+        self.fork = fork_point(model, kw["optimizer"], scheduler, round(epoch, 3),
+                               self._step(state))
+        if self.report is not None:
+            self.report(f"fork at epoch {epoch:.2f} of {epochs}: the members go on from here")
+        return True
 
     def _fit_schedule(self, args: Any, state: Any, scheduler: Any) -> None:
         """Set the schedule's horizon to the whole epochs the budget holds: the epochs done
@@ -217,35 +259,39 @@ class BestOnValidation(TrainerCallback):
         beyond the configured epochs, never before this step. The median, and lengthening
         back, keep one slow epoch (a load burst on a shared machine) from shortening the
         whole run: measured, a burst in epoch 1 had cut a 12-epoch cosine to 6."""
-        budget, epoch = self.cfg.time_budget_s, state.epoch
-        if budget is None or not epoch or not state.max_steps:
+        budget, epoch = self.cfg.time_budget_s, self._epoch(state)
+        if budget is None or not state.epoch or not state.max_steps:
             return
         horizon = _horizon(scheduler)
         if horizon is None:
             return
         elapsed = time.perf_counter() - self._t0
-        marks = [(0.0, 0.0)] + [(r["epoch"], r["elapsed_s"]) for r in self.history]
+        # a branch's rounds count from its fork (its clock started there)
+        marks = [(self._epoch0, 0.0)] + [(r["epoch"], r["elapsed_s"]) for r in self.history]
         paces = [(t1 - t0) / (e1 - e0) for (e0, t0), (e1, t1) in itertools.pairwise(marks)
                  if e1 > e0]
-        per_epoch = statistics.median(paces) if paces else elapsed / epoch
+        per_epoch = statistics.median(paces) if paces else elapsed / state.epoch
         epochs = max(int(epoch + (budget - elapsed) / per_epoch), round(epoch) + 1)
-        steps = max(int(state.max_steps / args.num_train_epochs * epochs), state.global_step + 1)
-        steps = min(steps, state.max_steps)  # the configured schedule's horizon
+        last = self._step0 + state.max_steps  # the configured schedule's horizon
+        steps = max(int(state.max_steps / args.num_train_epochs * epochs), self._step(state) + 1)
+        steps = min(steps, last)
+        # a branch starts on the trunk's fitted horizon: it stops there unless refitted
+        self._stop_at = steps if steps < last else None
         if steps == horizon:
             return
         _set_horizon(scheduler, steps)
-        self._stop_at = steps if steps < state.max_steps else None
-        self.history[-1]["schedule_epochs"] = epochs if self._stop_at else args.num_train_epochs
+        self.history[-1]["schedule_epochs"] = (epochs if self._stop_at
+                                               else self._epoch0 + args.num_train_epochs)
         if self.report is not None:
             self.report(f"schedule fitted to the time budget: {epochs} epochs"
                         if self._stop_at else "schedule back to its configured length")
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None,
                      **kw: Any) -> None:
-        if state.epoch is not None and (not self.history
-                                        or self.history[-1]["epoch"] != round(state.epoch, 3)):
-            self._round(model, state.epoch)
-        if self.best_state is not None:
+        if state.epoch is not None and (not self.history or self.history[-1]["epoch"]
+                                        != round(self._epoch(state), 3)):
+            self._round(model, self._epoch(state))
+        if self.best_state is not None and self.fork is None:  # a trunk forks as it stands
             model.load_state_dict(self.best_state)
 
     def summary(self) -> dict[str, Any]:
