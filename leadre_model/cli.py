@@ -220,6 +220,10 @@ def train(
     members: int | None = typer.Option(None, min=1, help="an ensemble of this many models "
                                        "instead of the preset's (each with its share of the "
                                        "time budget; needs a dense head)"),
+    fork: float | None = typer.Option(None, min=0.0, max=0.99, help="the members share this "
+                                      "share of the schedule (one trunk), then each goes on "
+                                      "from it with its own seeds; 0: independent members "
+                                      "(docs/training_and_evaluation.md: ensembles)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """SFT (the CPU recipe's dense seq stage, or EX → IM → Main) and DPO; saves
@@ -246,6 +250,8 @@ def train(
         update["dpo"] = None
     if members is not None:
         update["members"] = members
+    if fork is not None:
+        update["fork"] = fork or None
     stage_update = {k: v for k, v in (("batch_size", batch_size), ("epochs", epochs))
                     if v is not None}
     for stage in ("sft", "lm", "seq") if stage_update else ():
@@ -262,6 +268,10 @@ def print_trained(summary: dict[str, Any], out: Path) -> None:
     t = summary["timings"]
     console.print(f"model → {out}  samples {summary['samples']}  DPO pairs {summary['dpo_pairs']}  "
                   + "  ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    if "trunk" in summary:
+        trunk = summary["trunk"]
+        console.print(f"  trunk: sft_s {trunk['timings']['sft_s']:.0f}  forked at epoch "
+                      f"{trunk['fork_epoch']:g}")
     for i, m in enumerate(summary.get("members", [])):
         best = {k: v for k, v in (m.get("validation") or {}).items() if k.startswith("best_")}
         console.print(f"  member {i}: sft_s {m['timings']['sft_s']:.0f}  "

@@ -5,6 +5,8 @@ learning rate with its own seeds."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers import get_scheduler
 from leadre_model.llm.dense_head import dense_head_of
 from leadre_model.llm.model import DenseHeadSettings
 from leadre_model.train.fork import branch_optimizers, fork_point
-from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, trunk_config, train_leadre
+from leadre_model.train.pipeline import TRAIN_PRESETS, TrainConfig, train_leadre, trunk_config
 from leadre_model.train.validate import ValidationConfig
 
 
@@ -98,3 +100,19 @@ def test_members_fork_from_one_trunk_and_go_on_apart(tiny_world_index, tmp_path)
     sid = SidRetriever.from_dirs(tmp_path / "model", index_dir)
     a, b = dense_head_of(sid.model), dense_head_of(sid.members[0])
     assert not torch.allclose(a.query.weight, b.query.weight)  # the seeds took them apart
+
+
+def test_the_cli_trains_the_fork_preset_and_refuses_a_fork_of_one(tiny_world_index,
+                                                                    tmp_path) -> None:  # type: ignore[no-untyped-def]
+    world, index_dir = tiny_world_index
+    base = [sys.executable, "-m", "leadre", "train", "--world", str(world), "--index",
+            str(index_dir), "--preset", "cpu-90m-fork", "--no-progress"]
+    bad = subprocess.run([*base, "--out", str(tmp_path / "one"), "--members", "1"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode != 0 and "fork needs members > 1" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr and not (tmp_path / "one").exists()
+    ok = subprocess.run([*base, "--out", str(tmp_path / "fork"), "--epochs", "2"],
+                        capture_output=True, text=True, timeout=600, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "forked at epoch 1" in ok.stdout and "member 1:" in ok.stdout
+    assert (tmp_path / "fork" / "members" / "1" / "model.safetensors").is_file()
