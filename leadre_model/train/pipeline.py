@@ -409,6 +409,17 @@ def train_leadre(
 _Run = tuple[Any, Any, dict[str, Any], dict[str, float]]  # model, tokenizer, summary, timings
 
 
+def _selector(cfg: ValidationConfig | None, valid: list[dict[str, Any]] | None,
+              index: SidIndex, trie: SidTrie, tokenizer: Any, progress: bool,
+              **fork: Any) -> BestOnValidation | None:
+    """The model selection of a member, trunk (``fork_share``) or branch (``start``); None
+    without validation settings or samples."""
+    if cfg is None or valid is None:
+        return None
+    return BestOnValidation(SidValidator(index, valid, cfg, trie), cfg, tokenizer,
+                            report=_stderr_line if progress else None, **fork)
+
+
 def _train_forked(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
                   trie: SidTrie, tasks: list[str], by_task: dict[str, list[dict[str, Any]]],
                   valid: list[dict[str, Any]] | None, device: torch.device, progress: bool,
@@ -449,12 +460,9 @@ def _train_branch(cfg: TrainConfig, trunk: Any, tokenizer: Any, point: ForkPoint
     optimizers = branch_optimizers(model, point)
     stage_cfg = stage_config(stage, cfg.sft, cfg.lm, cfg.seq)
     stage_cfg = stage_cfg.model_copy(update={"epochs": stage_cfg.epochs - point.epoch})
-    selector = None
-    if cfg.validation is not None and valid is not None:
-        validation = cfg.validation.model_copy(update={"time_budget_s": budget_s})
-        selector = BestOnValidation(SidValidator(index, valid, validation, trie), validation,
-                                    tokenizer, report=_stderr_line if progress else None,
-                                    start=point)
+    validation = (None if cfg.validation is None
+                  else cfg.validation.model_copy(update={"time_budget_s": budget_s}))
+    selector = _selector(validation, valid, index, trie, tokenizer, progress, start=point)
     rows = list(samples)
     random.Random(stage_cfg.seed).shuffle(rows)
     history = train_stage(model, tokenizer, rows, stage_cfg, progress,
@@ -517,12 +525,8 @@ def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidInde
             timings["collab_init_s"] = time.perf_counter() - t1
     model.to(device)
 
-    selector = None
-    if cfg.validation is not None and valid is not None:
-        selector = BestOnValidation(SidValidator(index, valid, cfg.validation, trie),
-                                    cfg.validation, tokenizer,
-                                    report=_stderr_line if progress else None,
-                                    fork_share=fork_share)
+    selector = _selector(cfg.validation, valid, index, trie, tokenizer, progress,
+                         fork_share=fork_share)
     timings["tokenizer_model_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -39,7 +39,8 @@ def _setup(budget: float, fit: bool):
 
 def _run(model, opt, sched, cb, args, state, seconds_per_epoch: float,
          first_epoch_s: float | None = None) -> list[float]:
-    """Steps until the callback stops the stage; the clock is moved, not waited for.
+    """Steps until the callback stops the stage; the clock is moved, not waited for (the
+    optimizer is passed as the trainer does: a fork's trunk takes its fork point from it).
     ``first_epoch_s``: a slower first epoch (a load burst), ``seconds_per_epoch`` after it."""
     lrs, clock = [], 0.0
     while state.global_step < state.max_steps:
@@ -51,7 +52,8 @@ def _run(model, opt, sched, cb, args, state, seconds_per_epoch: float,
         clock += (first_epoch_s if slow else seconds_per_epoch) / 10
         cb._t0 = time.perf_counter() - clock
         lrs.append(opt.param_groups[0]["lr"])
-        control = cb.on_step_end(args, state, TrainerControl(), model=model, lr_scheduler=sched)
+        control = cb.on_step_end(args, state, TrainerControl(), model=model, optimizer=opt,
+                                 lr_scheduler=sched)
         if control.should_training_stop:
             break
     return lrs
@@ -112,24 +114,6 @@ def test_one_slow_epoch_does_not_shorten_the_schedule_for_good():
     assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)  # annealed at the end
 
 
-def _steps(model, opt, sched, cb, args, state, seconds_per_epoch: float) -> list[float]:
-    """As :func:`_run`, the optimizer passed too (a trunk takes its fork point from it)."""
-    lrs, clock = [], 0.0
-    while state.global_step < state.max_steps:
-        opt.step()
-        sched.step()
-        state.global_step += 1
-        state.epoch = state.global_step / 10
-        clock += seconds_per_epoch / 10
-        cb._t0 = time.perf_counter() - clock
-        lrs.append(opt.param_groups[0]["lr"])
-        control = cb.on_step_end(args, state, TrainerControl(), model=model, optimizer=opt,
-                                 lr_scheduler=sched)
-        if control.should_training_stop:
-            break
-    return lrs
-
-
 def test_a_fork_splits_one_fitted_schedule_between_trunk_and_branch():
     """The trunk fits the shared cosine to its budget (8 of 10 epochs), forks at half of it;
     a branch goes on from there on the same cosine and ends annealed at the same horizon,
@@ -139,7 +123,7 @@ def test_a_fork_splits_one_fitted_schedule_between_trunk_and_branch():
     model, opt, sched, _, args, state = _setup(budget=855.0, fit=True)
     cfg = ValidationConfig(every_epochs=1, patience=None, time_budget_s=855.0, fit_schedule=True)
     trunk = BestOnValidation(_Scores(*[0.1] * 10), cfg, tokenizer=None, fork_share=0.5)
-    trunk_lrs = _steps(model, opt, sched, trunk, args, state, seconds_per_epoch=100.0)
+    trunk_lrs = _run(model, opt, sched, trunk, args, state, seconds_per_epoch=100.0)
     assert trunk.history[0]["schedule_epochs"] == 8 and trunk.stopped_by == "fork"
     point = trunk.fork
     assert (point.epoch, point.step, state.global_step) == (4.0, 40, 40)
@@ -150,8 +134,8 @@ def test_a_fork_splits_one_fitted_schedule_between_trunk_and_branch():
     b_cfg = cfg.model_copy(update={"time_budget_s": 455.0})  # the 4 epochs left, and a margin
     cb = BestOnValidation(_Scores(*[0.1] * 10), b_cfg, tokenizer=None, start=point)
     b_state = SimpleNamespace(epoch=0.0, global_step=0, max_steps=60)  # 10 - 4 epochs
-    lrs = _steps(branch, b_opt, b_sched, cb, SimpleNamespace(num_train_epochs=6), b_state,
-                 seconds_per_epoch=100.0)
+    lrs = _run(branch, b_opt, b_sched, cb, SimpleNamespace(num_train_epochs=6), b_state,
+               seconds_per_epoch=100.0)
     assert b_state.global_step == 40  # the run's step 80: the fitted horizon
     assert [r["epoch"] for r in cb.history] == [5.0, 6.0, 7.0, 8.0]
     assert lrs[0] < trunk_lrs[-1] and all(a >= b for a, b in itertools.pairwise(lrs))
