@@ -320,6 +320,10 @@ def eval_cmd(
     sasrec_budget_s: float | None = typer.Option(
         None, min=1, help="cap on SASRec training time (default: none, early stopping on "
         "validation decides; a cap is shown in the bar and recorded in results.json)"),
+    sasrec_seeds: int = typer.Option(
+        1, min=1, help="fit each SASRec baseline this many times (seeds seed, seed+1, …): "
+        "rows sasrec_ce@seed1, … and their per-user mean sasrec_ce@meanN (± se, and the "
+        "spread over fits), which the models are also paired against"),
     exclude_seen: str = typer.Option("both", help="off | on | both: mask each user's earlier "
                                      "target ads in every retriever, LEADRE included"),
     max_test_users: int | None = typer.Option(None, min=1, help="seeded subsample of test users"),
@@ -356,7 +360,8 @@ def eval_cmd(
 
     dev = resolve_device(device)
     retrievers: list[Any] = baseline_retrievers(names, sasrec=sasrec, progress=progress,
-                                                cache_dir=cache, device=dev)
+                                                cache_dir=cache, device=dev,
+                                                sasrec_seeds=sasrec_seeds)
     modes = [r.strip() for r in rerank.split(",") if r.strip()] or [None]
     for i, m in enumerate(model):
         for mode in modes:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -212,16 +212,35 @@ class ItemIdRetriever:
 
 
 BASELINES = ("popularity", "popularity_ecpm", "recent", "itemcf", "sasrec_ce", "sasrec_bce")
+# A trained baseline fitted with more seeds (``--sasrec-seeds``) adds ``sasrec_ce@seed1``, …
+# beside ``sasrec_ce`` and, after testing, the per-user mean of their hits as
+# ``sasrec_ce@mean3``: one opponent fit moves by about a standard error on amazon-toys
+# (docs/results/amazon-toys/fork), so a verdict on a tie should not rest on one draw.
+SEED_MARK, MEAN_MARK = "@seed", "@mean"
+
+
+def baseline_kind(name: str) -> str | None:
+    """The baseline a result row stands for (``sasrec_ce@seed1`` and ``sasrec_ce@mean3`` →
+    ``sasrec_ce``; ``+xs`` kept off); None for a model or a branch combination."""
+    if _is_branch(name):
+        return None
+    base = name.removesuffix("+xs").split(SEED_MARK)[0].split(MEAN_MARK)[0]
+    return base if base in BASELINES else None
 
 
 def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasrec_bce"),
                         sasrec: SASRecConfig | None = None, itemcf: ItemCFConfig | None = None,
                         progress: bool = True, exclude_seen: bool = False,
                         cache_dir: Path | None = None,
-                        device: torch.device | None = None) -> list[ItemIdRetriever]:
+                        device: torch.device | None = None,
+                        sasrec_seeds: int = 1) -> list[ItemIdRetriever]:
     """The named baselines (:data:`BASELINES`), restricted to active ads. ``cache_dir``:
     where fitted SASRec weights are kept per (split, settings); ``device``: where SASRec
-    trains and scores (default: the CPU)."""
+    trains and scores (default: the CPU); ``sasrec_seeds``: each SASRec baseline is fitted
+    this many times, with seeds ``seed``, ``seed + 1``, … (the others named
+    ``sasrec_ce@seed1``, …; :func:`evaluate` adds their mean)."""
+    if sasrec_seeds < 1:
+        raise UsageError(f"sasrec_seeds must be at least 1, not {sasrec_seeds}")
     sas = sasrec or SASRecConfig()
     icf = itemcf or ItemCFConfig()
     settings = {"sasrec_ce": sas.model_copy(update={"loss": "ce"}).model_dump(),
@@ -240,8 +259,15 @@ def baseline_retrievers(names: Sequence[str] = ("popularity", "sasrec_ce", "sasr
     unknown = set(names) - set(makers)
     if unknown:
         raise UsageError(f"unknown baselines {sorted(unknown)}; expected among {BASELINES}")
-    return [ItemIdRetriever(n, makers[n], exclude_seen, cache_dir, settings.get(n))
-            for n in names]
+    out = [ItemIdRetriever(n, makers[n], exclude_seen, cache_dir, settings.get(n))
+           for n in names]
+    for n in (n for n in names if n.startswith("sasrec")):
+        for i in range(1, sasrec_seeds):
+            seeded = baseline_retrievers([n], sas.model_copy(update={"seed": sas.seed + i}),
+                                         icf, progress, exclude_seen, cache_dir, device)[0]
+            seeded.name = f"{n}{SEED_MARK}{i}"
+            out.append(seeded)
+    return out
 
 
 def build_eval_data(world: Path, cfg: EvalConfig | None = None) -> EvalData:
@@ -361,16 +387,44 @@ def evaluate(world: Path, retrievers: Sequence[Retriever], cfg: EvalConfig | Non
         results["retrievers"][r.name] = res
         if getattr(r, "info", None):
             results["fits"][r.name] = r.info
+    for name, row in seed_means(hits).items():
+        results["retrievers"][name] = row
     results["paired"] = paired_differences(hits)
     return results
+
+
+def seed_means(hits: dict[str, dict[int, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """For every baseline fitted with several seeds (``name``, ``name@seed1``, …): a row
+    ``name@meanN`` with each Recall@K averaged over the fits, its standard error (of the
+    per-user mean hit) and the fits' spread (``recall@K_sd``, standard deviation over
+    seeds). Its per-user mean hits are added to ``hits`` so models are paired against it."""
+    groups: dict[str, list[str]] = {}
+    for n in hits:
+        if baseline_kind(n) is not None and MEAN_MARK not in n:
+            groups.setdefault(n.split(SEED_MARK)[0], []).append(n)
+    rows: dict[str, dict[str, Any]] = {}
+    for base, fits in groups.items():
+        if len(fits) < 2:
+            continue
+        name = f"{base}{MEAN_MARK}{len(fits)}"
+        hits[name] = {k: np.mean([hits[f][k] for f in fits], axis=0) for k in hits[fits[0]]}
+        row: dict[str, Any] = {}
+        for k, mean_hits in hits[name].items():
+            per_fit = [float(hits[f][k].mean()) for f in fits]
+            row[f"recall@{k}"] = float(mean_hits.mean())
+            row[f"recall@{k}_se"] = float(mean_hits.std(ddof=1) / np.sqrt(max(len(mean_hits), 1)))
+            row[f"recall@{k}_sd"] = float(np.std(per_fit, ddof=1))
+        rows[name] = row
+    return rows
 
 
 def paired_differences(hits: dict[str, dict[int, np.ndarray]]) -> dict[str, dict[str, float]]:
     """``"model - baseline"`` → Recall@K difference and its paired standard error, for every
     retriever that is neither a baseline nor a branch combination against every baseline
-    tested beside it (per-user hits from :func:`~leadre_model.eval.metrics.hits_at_k`)."""
-    baselines = [n for n in hits if n in BASELINES]
-    models = [n for n in hits if n not in BASELINES and not _is_branch(n)]
+    tested beside it (per-user hits from :func:`~leadre_model.eval.metrics.hits_at_k`;
+    a baseline's seed mean from :func:`seed_means` included)."""
+    baselines = [n for n in hits if baseline_kind(n) is not None]
+    models = [n for n in hits if baseline_kind(n) is None and not _is_branch(n)]
     out: dict[str, dict[str, float]] = {}
     for m in models:
         for b in baselines:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from leadre_model.data.synth import SynthConfig, generate_world
+from leadre_model.errors import UsageError
 from leadre_model.eval import metrics as M
 from leadre_model.eval.baselines import ItemCF, Popularity, Recent, SASRec, SASRecConfig
 from leadre_model.eval.harness import (
@@ -249,6 +250,35 @@ def test_sasrec_records_its_fit_and_is_cached_per_split(world: Path, tmp_path: P
     for figs in res["retrievers"].values():
         p = figs["hr@8"]
         assert figs["hr@8_se"] == pytest.approx(math.sqrt(p * (1 - p) / len(data.test_cases)))
+
+
+def test_sasrec_seeds_are_fitted_apart_and_models_paired_against_their_mean(
+        world: Path, tmp_path: Path) -> None:
+    cfg = EvalConfig(progress=False, dice_drops=())
+    data = build_eval_data(world, cfg)
+    fast = SASRecConfig(epochs=4, eval_every=2, hidden=16, seed=5)
+    sas = baseline_retrievers(["sasrec_ce"], sasrec=fast, progress=False, cache_dir=tmp_path,
+                              sasrec_seeds=3)
+    assert [r.name for r in sas] == ["sasrec_ce", "sasrec_ce@seed1", "sasrec_ce@seed2"]
+    fake = FakeRetriever([a for a, ok in zip(data.ad_ids, data.active) if ok])
+    res = evaluate_both(world, [*sas, fake], cfg, data=data)
+    assert [res["fits"][r.name]["config"]["seed"] for r in sas] == [5, 6, 7]
+    assert len(list(tmp_path.glob("*.pt"))) == 3  # one cache entry per seed
+    figs = res["retrievers"]
+    for xs in ("", "+xs"):
+        mean = figs[f"sasrec_ce@mean3{xs}"]
+        for k in cfg.recall_ks:
+            per_fit = [figs[f"{r.name}{xs}"][f"recall@{k}"] for r in sas]
+            assert mean[f"recall@{k}"] == pytest.approx(np.mean(per_fit))
+            assert mean[f"recall@{k}_sd"] == pytest.approx(np.std(per_fit, ddof=1))
+            assert 0 <= mean[f"recall@{k}_se"] <= 0.5
+            d = res["paired"][f"fake{xs} - sasrec_ce@mean3{xs}"]
+            assert d[f"recall@{k}"] == pytest.approx(figs[f"fake{xs}"][f"recall@{k}"]
+                                                     - np.mean(per_fit))
+    # the fits are baselines, not models: nothing is paired against itself or its siblings
+    assert not [p for p in res["paired"] if p.startswith("sasrec")]
+    with pytest.raises(UsageError, match="at least 1"):
+        baseline_retrievers(["sasrec_ce"], sasrec_seeds=0)
 
 
 def test_new_ads_are_hidden_from_baselines_and_branches_merge(world: Path) -> None:
