@@ -195,7 +195,11 @@ def _add_loss(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
         out.log_probs = log_probs.index_put((b, p), -head.weight * ce.to(log_probs.dtype),
                                             accumulate=True)
     elif getattr(out, "loss", None) is not None:
-        tokens = (labels[:, 1:] != -100).sum().clamp(min=1)
+        # the model's loss divides by the trainer's label count over the whole accumulated
+        # batch when it passes one (num_items_in_batch), else by this micro-batch's
+        tokens = kwargs.get("num_items_in_batch")
+        if tokens is None:
+            tokens = (labels[:, 1:] != -100).sum().clamp(min=1)
         out.loss = out.loss + head.weight * ce.sum() / tokens
     return out
 

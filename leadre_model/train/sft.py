@@ -95,7 +95,9 @@ def train_stage(
     others as prompt-completion rows with the loss on the completion only. ``optimizers``:
     an optimizer and its schedule to go on with (a fork's branch, train/fork.py) instead of
     the fresh AdamW and cosine of ``cfg``."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from leadre_model.train.sft_trainer import ModelLossSFTTrainer
 
     if not samples:
         raise BadInputError("no training samples for this stage")
@@ -117,7 +119,7 @@ def train_stage(
     else:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
     return run_trainer(
-        SFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
+        ModelLossSFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": cfg.min_lr},
         warmup_steps=cfg.warmup_ratio,

@@ -57,6 +57,40 @@ def test_targets_are_scored_at_the_position_before_their_first_labelled_sid(
     torch.testing.assert_close(with_head, plain + head.last_loss / tokens, rtol=1e-4, atol=1e-4)
 
 
+def test_model_loss_trainer_matches_trls_fused_loss_with_the_head(small_index: Path,
+                                                                  tmp_path: Path) -> None:
+    # train/sft_trainer.py swaps TRL's fused LM head for the model's own loss (faster on a
+    # CPU): the same number, the dense term included, over an accumulated batch's tokens.
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from leadre_model.train.sft_trainer import ModelLossSFTTrainer
+
+    index = load_index(small_index)
+    model, tok = _model(index)
+    word = tok("a user", add_special_tokens=False)["input_ids"]
+    rows = []
+    for a, b in ((3, 7), (5, 2)):
+        first = tok(index.sid(a), add_special_tokens=False)["input_ids"]
+        second = tok(index.sid(b), add_special_tokens=False)["input_ids"]
+        ids = word + first + word + second
+        rows.append({"input_ids": ids, "labels": [-100] * (len(ids) - len(second)) + second})
+    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
+                     max_length=64, completion_only_loss=True)
+    losses = []
+    for cls in (SFTTrainer, ModelLossSFTTrainer):
+        trainer = cls(model=model, args=args, processing_class=tok,
+                      train_dataset=Dataset.from_list(rows))
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+        model.train()
+        with torch.no_grad():
+            # as if the batch were one of 3 accumulated ones with 3× its label tokens
+            n = (batch["labels"][:, 1:] != -100).sum() * 3
+            losses.append(trainer.compute_loss(model, dict(batch), num_items_in_batch=n))
+    assert dense_head_of(model).last_loss > 0
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+
+
 def test_id_input_adds_each_ads_own_vector_at_the_end_of_its_sid(small_index: Path) -> None:
     index = load_index(small_index)
     model, tok = _model(index, id_input=True)
