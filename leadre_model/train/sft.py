@@ -89,12 +89,15 @@ def train_stage(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     optimizers: tuple[Any, Any] | None = None,
+    trainer_cls: type | None = None,
 ) -> list[dict[str, float]]:
     """One SFT pass over ``samples``; returns TRL's log history (loss per logging step).
     ``lm`` samples train as plain text (prompt + completion, loss on every token); all
     others as prompt-completion rows with the loss on the completion only. ``optimizers``:
     an optimizer and its schedule to go on with (a fork's branch, train/fork.py) instead of
-    the fresh AdamW and cosine of ``cfg``."""
+    the fresh AdamW and cosine of ``cfg``; ``trainer_cls``: the trainer (default
+    :class:`~leadre_model.train.sft_trainer.ModelLossSFTTrainer`; bench/sft_step_bench.py
+    passes TRL's own ``SFTTrainer`` to compare)."""
     from trl import SFTConfig
 
     from leadre_model.train.sft_trainer import ModelLossSFTTrainer
@@ -119,7 +122,7 @@ def train_stage(
     else:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
     return run_trainer(
-        ModelLossSFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
+        trainer_cls or ModelLossSFTTrainer, SFTConfig, model, tokenizer, rows, cfg, progress,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": cfg.min_lr},
         warmup_steps=cfg.warmup_ratio,
