@@ -5,9 +5,8 @@ TRL's ``SFTTrainer`` (its fused LM head) on the same ``seq`` rows in the same ru
     python bench/sft_step_bench.py --world runs/amazon/world --index runs/amazon/index-cf50
                                    [--preset cpu-90m-ens] [--steps 60] [--repeats 2]
 
-Setup: the preset's tokenizer, model and dense head (random init: the dense head's ids
-start random instead of from the collaborative vectors, which changes no cost) and its
-``seq`` stage settings (batch, length grouping, ad deletion), on ``--steps`` × batch rows
+Setup: the preset's tokenizer, model and dense head as ``leadre train`` builds them
+(``pipeline.member_model``) and its ``seq`` stage settings (batch, length grouping, ad deletion), on ``--steps`` × batch rows
 drawn at random from the world's training rows (the refit's held-out users excluded, as
 in ``leadre train``). Each trainer runs one pass over those rows from the same initial
 weights; the two alternate ``--repeats`` times and each keeps its fastest pass (the
@@ -32,12 +31,8 @@ from transformers import TrainerCallback
 
 from leadre_model.data.split import holdout_users
 from leadre_model.index.sid_index import load_index
-from leadre_model.llm.dense_head import attach_dense_head
-from leadre_model.llm.model import build_model
-from leadre_model.llm.tokenizer import train_tokenizer
-from leadre_model.prompts.compact import compact_vocabulary
 from leadre_model.prompts.tasks import build_samples
-from leadre_model.train.pipeline import TRAIN_PRESETS
+from leadre_model.train.pipeline import TRAIN_PRESETS, member_model
 from leadre_model.train.sft import train_stage
 from leadre_model.train.sft_trainer import ModelLossSFTTrainer
 
@@ -70,19 +65,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = TRAIN_PRESETS[args.preset]
-    if cfg.llm.base != "tiny" or cfg.llm.item_text:
-        raise SystemExit(f"--preset {args.preset}: the bench builds the tiny model without item text")
     index = load_index(args.index)
     holdout = holdout_users(args.world, cfg.holdout_users) if cfg.holdout_users else None
     samples = build_samples(args.world, index, cfg.prompts, ["seq"], "train", holdout=holdout)
     seq = cfg.seq or cfg.sft
     n = min(len(samples), args.steps * seq.batch_size)
     rows = random.Random(args.seed).sample(samples, n)
-    tokenizer = train_tokenizer([], index.level_sizes, cfg=cfg.tokenizer,
-                                extra_tokens=compact_vocabulary(cfg.prompts.compact))
-    model, tokenizer = build_model(cfg.llm, tokenizer)
-    if cfg.llm.dense_head is not None:
-        attach_dense_head(model, tokenizer, index, cfg.llm.dense_head, cfg.llm.seed)
+    model, tokenizer, _ = member_model(cfg, args.world, args.index, index, ["seq"], {"seq": rows})
     stage = seq.model_copy(update={"epochs": 1.0, "logging_steps": 1, "seed": args.seed})
 
     best: dict[str, float] = {}

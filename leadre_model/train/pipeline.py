@@ -492,16 +492,14 @@ def _train_branch(cfg: TrainConfig, trunk: Any, tokenizer: Any, point: ForkPoint
     return model, tokenizer, summary, timings
 
 
-def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
-                  trie: SidTrie, tasks: list[str], by_task: dict[str, list[dict[str, Any]]],
-                  valid: list[dict[str, Any]] | None, device: torch.device, progress: bool,
-                  fork_share: float | None = None) -> _Run:
-    """One model: tokenizer, model, curriculum (validation selecting its epoch). Returns the
-    model, tokenizer, its summary (``_best_raw_state``: the selector's best un-averaged
-    weights, if any; ``_fork``: with ``fork_share``, where this trunk stopped for its
-    branches) and its timings."""
+def member_model(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
+                 tasks: Sequence[str], by_task: dict[str, list[dict[str, Any]]],
+                 ) -> tuple[Any, Any, dict[str, float]]:
+    """A member's untrained model and tokenizer as ``cfg`` builds them (tokenizer, S-ID
+    rows, item text, dense head and its start), on the CPU; ``by_task``'s prompts train a
+    BPE tokenizer for text prompts. Returns the model, tokenizer and timings
+    (``collab_init_s``)."""
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     compact = cfg.prompts.format == "compact"
     extra = compact_vocabulary(cfg.prompts.compact) if compact else []
     if cfg.llm.base == "tiny":
@@ -530,6 +528,19 @@ def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidInde
                                         cfg.llm.seed)
             head.init_ids(vectors)
             timings["collab_init_s"] = time.perf_counter() - t1
+    return model, tokenizer, timings
+
+
+def _train_member(cfg: TrainConfig, world: Path, index_dir: Path, index: SidIndex,
+                  trie: SidTrie, tasks: list[str], by_task: dict[str, list[dict[str, Any]]],
+                  valid: list[dict[str, Any]] | None, device: torch.device, progress: bool,
+                  fork_share: float | None = None) -> _Run:
+    """One model: tokenizer, model, curriculum (validation selecting its epoch). Returns the
+    model, tokenizer, its summary (``_best_raw_state``: the selector's best un-averaged
+    weights, if any; ``_fork``: with ``fork_share``, where this trunk stopped for its
+    branches) and its timings."""
+    t0 = time.perf_counter()
+    model, tokenizer, timings = member_model(cfg, world, index_dir, index, tasks, by_task)
     model.to(device)
 
     selector = _selector(cfg.validation, valid, index, trie, tokenizer, progress,

@@ -3,6 +3,7 @@ CPU recipe trains it, that it survives save → load, and that retrieval re-rank
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +93,11 @@ def test_model_loss_trainer_matches_trls_fused_loss_with_the_head(small_index: P
     # our trainer leaves the model's own forward, so a deep copy (a fork's branch) runs its
     # own weights, not the original's through TRL's patched closure
     assert "forward" not in vars(model)
-    copy = __import__("copy").deepcopy(model).eval()
+    twin = copy.deepcopy(model).eval()
     with torch.no_grad():
-        copy.get_output_embeddings().weight.mul_(2.0)
+        twin.get_output_embeddings().weight.mul_(2.0)
         ids = batch["input_ids"][:1]
-        assert not torch.allclose(copy(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+        assert not torch.allclose(twin(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
 
 
 def test_id_input_adds_each_ads_own_vector_at_the_end_of_its_sid(small_index: Path) -> None:
