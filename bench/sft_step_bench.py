@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from leadre_model.data.split import holdout_users
+from leadre_model.errors import LeadreError
 from leadre_model.index.sid_index import load_index
 from leadre_model.prompts.tasks import build_samples
 from leadre_model.train.pipeline import TRAIN_PRESETS, member_model
@@ -95,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, LeadreError) as exc:  # a missing world or index: say which, no traceback
+        raise SystemExit(f"sft_step_bench: {exc}") from None
